@@ -403,7 +403,7 @@ class Scenario:
             "n_ubatch": self.n_ubatch,
             "n_parallel": self.n_parallel,
             "verbosity": verbosity,
-            # 2 cores: one thread each for compute keeps runs deterministic and quick.
+            # The machine has 2 cores; greedy sampling (temp 0, top-k 1) keeps output deterministic.
             "cpuparams.n_threads": 2,
             "cpuparams_batch.n_threads": 2,
             "sampling.temp": 0.0,
