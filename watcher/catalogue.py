@@ -1,0 +1,218 @@
+"""Load, validate and compile the pattern catalogue (``patterns/*.toml``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from watcher.events import FIELD_TYPES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+#: Macros usable in a pattern's regex as ``<NAME>``; upper case so they never clash with
+#: ``(?P<name>...)`` groups. Kept here rather than in data: they are part of the schema.
+MACROS: dict[str, str] = {
+    # "id  0 | task -1 | " after a slot prefix; optional because LM Studio and old builds vary.
+    "SLOT": r"(?:id\s+(?P<slot>\d+)\s*\|\s*task\s+(?P<task>-?\d+)\s*\|\s*)",
+    "NUM": r"(?:\d+(?:\.\d+)?)",
+    # Model paths: quoted in llama.cpp, may hold spaces and backslashes (Windows).
+    "QPATH": r"'(?P<model>[^']*)'?",
+}
+
+SCHEMA_VERSION = 1
+_KNOWN_KEYS = {
+    "id", "event", "anchor", "regex", "examples", "near_misses", "set", "since", "until",
+    "level", "source", "note", "flags",
+}
+
+
+class CatalogueError(ValueError):
+    """A pattern file or pattern is invalid; the message names the file, the pattern and the key."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A line a pattern must match, optionally with the fields it must capture."""
+
+    line: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One compiled catalogue entry."""
+
+    id: str
+    event: str
+    anchors: tuple[str, ...]
+    regex: regex.Pattern[str]
+    origin: str
+    examples: tuple[Example, ...]
+    near_misses: tuple[str, ...] = ()
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    since: str = ""
+    until: str = ""
+    level: str = ""
+    source: str = ""
+    note: str = ""
+
+    def match(self, text: str, timeout: float = 0.05) -> dict[str, Any] | None:
+        """Typed fields if ``text`` matches, else None. A regex timeout counts as no match."""
+        try:
+            m = self.regex.search(text, timeout=timeout)
+        except TimeoutError:
+            return None
+        if m is None:
+            return None
+        fields: dict[str, Any] = dict(self.constants)
+        for name, value in m.groupdict().items():
+            if value is None:
+                continue
+            kind = FIELD_TYPES.get(name, str)
+            try:
+                fields[name] = kind(value.strip()) if kind is str else kind(value)
+            except ValueError:
+                continue
+        return fields
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """All patterns in load order, plus the literal anchors the prefilter looks for."""
+
+    patterns: tuple[Pattern, ...]
+    files: tuple[str, ...]
+
+    @property
+    def anchors(self) -> tuple[str, ...]:
+        """Every distinct anchor, in first-seen order."""
+        seen: dict[str, None] = {}
+        for p in self.patterns:
+            for a in p.anchors:
+                seen.setdefault(a, None)
+        return tuple(seen)
+
+    def by_anchor(self) -> dict[str, tuple[Pattern, ...]]:
+        """Patterns indexed by each of their anchors, catalogue order kept."""
+        out: dict[str, list[Pattern]] = {}
+        for p in self.patterns:
+            for a in p.anchors:
+                out.setdefault(a, []).append(p)
+        return {k: tuple(v) for k, v in out.items()}
+
+
+def default_dir() -> Path:
+    """The shipped catalogue: inside an installed wheel, or ``patterns/`` of a source checkout."""
+    packaged = resources.files("watcher") / "_catalogue"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "patterns"
+
+
+def load(paths: Iterable[Path] | None = None) -> Catalogue:
+    """Load every ``*.toml`` under the given files or directories (default: the shipped catalogue)."""
+    files: list[Path] = []
+    for p in paths if paths is not None else [default_dir()]:
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.toml")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CatalogueError(f"{p}: no such pattern file or directory")
+    if not files:
+        raise CatalogueError("no pattern files found")
+    patterns: list[Pattern] = []
+    ids: dict[str, str] = {}
+    for f in files:
+        for pat in _load_file(f):
+            if pat.id in ids:
+                raise CatalogueError(f"{f.name}: pattern {pat.id!r}: id already used in {ids[pat.id]}")
+            ids[pat.id] = f.name
+            patterns.append(pat)
+    return Catalogue(tuple(patterns), tuple(str(f) for f in files))
+
+
+def _load_file(path: Path) -> Iterator[Pattern]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{path.name}: invalid TOML: {exc}") from exc
+    schema = data.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise CatalogueError(f"{path.name}: schema {schema} is not supported (this specwatch reads {SCHEMA_VERSION})")
+    origin = str(data.get("origin", path.stem))
+    entries = data.get("pattern", [])
+    if not isinstance(entries, list):
+        raise CatalogueError(f"{path.name}: 'pattern' must be an array of tables ([[pattern]])")
+    for n, entry in enumerate(entries, 1):
+        yield _compile(path.name, n, origin, entry)
+
+
+def _compile(fname: str, n: int, origin: str, entry: dict[str, Any]) -> Pattern:
+    pid = str(entry.get("id", f"#{n}"))
+    where = f"{fname}: pattern {pid!r}"
+    for key in ("id", "event", "anchor", "regex"):
+        if key not in entry:
+            raise CatalogueError(f"{where}: missing key {key!r}")
+    unknown = set(entry) - _KNOWN_KEYS
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    anchors = entry["anchor"]
+    anchors = (anchors,) if isinstance(anchors, str) else tuple(anchors)
+    if not anchors or not all(isinstance(a, str) and len(a) >= 3 for a in anchors):
+        raise CatalogueError(f"{where}: key 'anchor': literal(s) of at least 3 characters required")
+    source = _expand(str(entry["regex"]))
+    flags = regex.V0
+    if "i" in str(entry.get("flags", "")):
+        flags |= regex.IGNORECASE
+    try:
+        compiled = regex.compile(source, flags)
+    except regex.error as exc:
+        raise CatalogueError(f"{where}: key 'regex': {exc}") from exc
+    bad = set(compiled.groupindex) - set(FIELD_TYPES)
+    if bad:
+        raise CatalogueError(f"{where}: key 'regex': unknown field name(s) {', '.join(sorted(bad))}")
+    examples = tuple(_example(where, e) for e in entry.get("examples", []))
+    if not examples:
+        raise CatalogueError(f"{where}: key 'examples': every pattern needs at least one real example line")
+    constants = entry.get("set", {})
+    if not isinstance(constants, dict):
+        raise CatalogueError(f"{where}: key 'set' must be a table")
+    return Pattern(
+        id=pid,
+        event=str(entry["event"]),
+        anchors=anchors,
+        regex=compiled,
+        origin=origin,
+        examples=examples,
+        near_misses=tuple(str(x) for x in entry.get("near_misses", [])),
+        constants=constants,
+        since=str(entry.get("since", "")),
+        until=str(entry.get("until", "")),
+        level=str(entry.get("level", "")),
+        source=str(entry.get("source", "")),
+        note=str(entry.get("note", "")),
+    )
+
+
+def _expand(source: str) -> str:
+    for name, body in MACROS.items():
+        source = source.replace(f"<{name}>", body)
+    return source
+
+
+def _example(where: str, raw: Any) -> Example:
+    if isinstance(raw, str):
+        return Example(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("line"), str):
+        return Example(raw["line"], dict(raw.get("fields", {})))
+    raise CatalogueError(f"{where}: key 'examples': each example is a string or {{line = ..., fields = {{...}}}}")

@@ -1,0 +1,38 @@
+"""Records to events: try only the patterns whose anchor occurs in the line; the first match wins."""
+
+from __future__ import annotations
+
+from watcher.catalogue import Catalogue, Pattern
+from watcher.events import Event, Record
+
+
+class Classifier:
+    """Matches records against a compiled catalogue."""
+
+    def __init__(self, catalogue: Catalogue, timeout: float = 0.05) -> None:
+        self.catalogue = catalogue
+        self.timeout = timeout
+        order = {p.id: i for i, p in enumerate(catalogue.patterns)}
+        self._index = [(a, ps) for a, ps in catalogue.by_anchor().items()]
+        self._order = order
+
+    def candidates(self, text: str) -> list[Pattern]:
+        """Patterns worth trying on ``text``, in catalogue order."""
+        found: dict[str, Pattern] = {}
+        for anchor, patterns in self._index:
+            if anchor in text:
+                for p in patterns:
+                    found.setdefault(p.id, p)
+        return sorted(found.values(), key=lambda p: self._order[p.id])
+
+    def classify(self, record: Record) -> Event | None:
+        """The event of the first pattern matching ``record``, if any."""
+        for p in self.candidates(record.text):
+            fields = p.match(record.text, self.timeout)
+            if fields is not None:
+                return Event(p.event, p.id, record, fields)
+        return None
+
+    def matches(self, record: Record) -> list[Pattern]:
+        """Every pattern matching ``record`` (for ``patterns test`` and the catalogue's own tests)."""
+        return [p for p in self.candidates(record.text) if p.match(record.text, self.timeout) is not None]

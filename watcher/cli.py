@@ -1,0 +1,63 @@
+"""The ``specwatch`` command line: parse, pick the command, map errors to exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+from watcher import __version__
+from watcher.commands._common import UsageError, add_analysis_options
+from watcher.commands.pipe import add_pipe_options
+from watcher.environment import Environment
+from watcher.exitstatus import ExitStatus
+
+#: Sub-command modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)``.
+COMMANDS = [
+    "watcher.commands.scan",
+    "watcher.commands.patterns",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; without a sub-command specwatch runs in pipe mode."""
+    p = _Parser(
+        prog="specwatch",
+        description="Watchdog for llama.cpp-family servers. With input on stdin, passes every byte through "
+                    "and alerts on stderr when speculative decoding (the draft model) fails.",
+        epilog="Example: llama-server -m big.gguf -md draft.gguf 2>&1 | specwatch",
+    )
+    p.add_argument("--version", action="version", version=f"specwatch {__version__}")
+    add_analysis_options(p)
+    add_pipe_options(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return p
+
+
+def run(argv: Sequence[str], env: Environment) -> ExitStatus:
+    """Run one command; every expected failure becomes a one-line message and an exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(list(argv))
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            if env.stdin_isatty:
+                parser.print_usage(env.stderr)
+                env.stderr.write("specwatch: pipe a server's output into me, or give a command (see --help)\n")
+                return ExitStatus.USAGE
+            from watcher.commands import pipe
+
+            return pipe.run(args, env)
+        return ExitStatus(handler(args, env))
+    except UsageError as exc:
+        env.stderr.write(f"specwatch: {exc}\n")
+        return ExitStatus.USAGE
+    except SystemExit as exc:  # --help and --version
+        return ExitStatus(exc.code or 0) if isinstance(exc.code, int) else ExitStatus.OK

@@ -1,0 +1,118 @@
+"""Options and set-up shared by the commands that analyse logs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from watcher import catalogue as cat
+from watcher import config as cfg
+from watcher.dispatch import Dispatcher, Sink
+from watcher.environment import Environment
+from watcher.sinks import BannerSink, EventLogSink
+from watcher.state import Settings
+
+#: Builders of extra sinks (store, notifications, metrics), registered by the modules that own them,
+#: so this module does not need to know every sink there is.
+SINK_FACTORIES: list[Callable[[argparse.Namespace, Environment, cfg.Config], Sink | None]] = []
+#: Hooks that add options of those modules to every analysing command.
+OPTION_HOOKS: list[Callable[[argparse.ArgumentParser], None]] = []
+
+
+class UsageError(Exception):
+    """Bad input or configuration: printed as one line, exit status 2."""
+
+
+def add_analysis_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that reads logs."""
+    g = p.add_argument_group("analysis")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="configuration file (default: $SPECWATCH_CONFIG or the user config dir's specwatch/config.toml)")
+    g.add_argument("--patterns", type=Path, action="append", default=[], metavar="PATH",
+                   help="extra pattern file or directory, after the shipped catalogue (repeatable)")
+    g.add_argument("--events", metavar="FILE",
+                   help="write every recognised event and incident as JSON lines to FILE ('-' for stderr)")
+    g.add_argument("--source", metavar="NAME", help="name of this log source in incidents (default: stdin / the file)")
+    for hook in OPTION_HOOKS:
+        hook(p)
+
+
+@dataclass
+class Context:
+    """What an analysing command needs, built once from flags, config and environment."""
+
+    catalogue: cat.Catalogue
+    settings: Settings
+    config: cfg.Config
+    settle: float
+    sinks: list[Sink] = field(default_factory=list)
+
+
+def load_config(args: argparse.Namespace, env: Environment) -> cfg.Config:
+    """The config file named by the flag, the environment, or the default location."""
+    path = getattr(args, "config", None) or cfg.default_path(env.environ)
+    try:
+        return cfg.load(path)
+    except cfg.ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def load_catalogue(extra: list[Path]) -> cat.Catalogue:
+    """The shipped catalogue plus the user's extra pattern files."""
+    try:
+        return cat.load([cat.default_dir(), *extra])
+    except cat.CatalogueError as exc:
+        raise UsageError(f"bad pattern: {exc}") from exc
+
+
+def build_context(args: argparse.Namespace, env: Environment, banner: bool = True) -> Context:
+    """Catalogue, settings and sinks for an analysing command."""
+    conf = load_config(args, env)
+    extra = [Path(p) for p in conf.get("patterns", "extra", [])] + list(getattr(args, "patterns", []))
+    catalogue = load_catalogue(extra)
+    defaults = Settings()
+    settings = Settings(
+        absent_stats_tasks=conf.get("analysis", "absent_stats_tasks", defaults.absent_stats_tasks),
+        low_acceptance=float(conf.get("analysis", "low_acceptance", defaults.low_acceptance)),
+        acceptance_window=conf.get("analysis", "acceptance_window", defaults.acceptance_window),
+    )
+    ctx = Context(catalogue, settings, conf, float(conf.get("analysis", "settle", 1.0)))
+    if banner:
+        ctx.sinks.append(BannerSink(env.stderr, env.colour))
+    events = getattr(args, "events", None)
+    if events:
+        ctx.sinks.append(EventLogSink(*_open_events(events, env)))
+    for factory in SINK_FACTORIES:
+        sink = factory(args, env, conf)
+        if sink is not None:
+            ctx.sinks.append(sink)
+    return ctx
+
+
+def _open_events(target: str, env: Environment) -> tuple[TextIO, bool]:
+    if target == "-":
+        return env.stderr, False
+    try:
+        return open(target, "a", encoding="utf-8", buffering=1), True  # noqa: SIM115 - closed by the sink
+    except OSError as exc:
+        raise UsageError(f"--events {target}: {exc.strerror or exc}") from exc
+
+
+def dispatcher(ctx: Context, env: Environment) -> Dispatcher:
+    """A dispatcher over the context's sinks that reports sink failures on stderr, once per sink."""
+    warned: set[int] = set()
+
+    def on_error(sink: Sink, exc: BaseException) -> None:
+        if id(sink) in warned:
+            return
+        warned.add(id(sink))
+        try:
+            env.stderr.write(f"specwatch: {type(sink).__name__} failed: {exc}\n")
+        except (OSError, ValueError):
+            pass
+
+    return Dispatcher(ctx.sinks, settle=ctx.settle, on_error=on_error)
+

@@ -1,0 +1,110 @@
+"""``specwatch patterns [list|test FILE]``: the catalogue, and which lines of a log it recognises."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from watcher.classify import Classifier
+from watcher.commands._common import UsageError, load_catalogue
+from watcher.environment import Environment
+from watcher.exitstatus import ExitStatus
+from watcher.framing import Framer
+
+#: Words that make a line look like it matters for speculation or memory. A line with one of them that
+#: no pattern matches is the early sign that a llama.cpp build says something new.
+RELEVANT = re.compile(r"draft|specul|\bMTP\b|alloc|out of memory|\bOOM\b|vocab|failed|cannot|unable|error",
+                      re.IGNORECASE)
+#: Lines that contain a relevant word but are known noise (model metadata dumps, tokenizer tables).
+NOISE = re.compile(r"llama_model_loader: - kv|print_info:|- type\s+\w+:|load: control token|^\s*$")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``patterns``."""
+    p = sub.add_parser("patterns", help="list the pattern catalogue, or test it against a log",
+                       description="'patterns' lists the catalogue; 'patterns test FILE' shows which lines match "
+                                   "which pattern and which relevant-looking lines match none.")
+    p.add_argument("action", nargs="?", choices=["list", "test"], default="list")
+    p.add_argument("file", nargs="?", type=Path, help="log file for 'test'")
+    p.add_argument("--patterns", type=Path, action="append", default=[], metavar="PATH",
+                   help="extra pattern file or directory (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--matched", action="store_true", help="with 'test': also print every matched line")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """List or test."""
+    catalogue = load_catalogue(args.patterns)
+    if args.action == "list":
+        return _list(catalogue, args, env)
+    if args.file is None:
+        raise UsageError("patterns test needs a FILE")
+    return _test(Classifier(catalogue), args, env)
+
+
+def _out(env: Environment, text: str) -> None:
+    env.stdout.write(text.encode())
+
+
+def _list(catalogue: Any, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    rows = [{"id": p.id, "event": p.event, "origin": p.origin, "since": p.since, "until": p.until,
+             "level": p.level, "anchors": list(p.anchors), "examples": len(p.examples)} for p in catalogue.patterns]
+    if args.json:
+        _out(env, json.dumps({"files": list(catalogue.files), "patterns": rows}, indent=2) + "\n")
+        return ExitStatus.OK
+    _out(env, f"{len(rows)} patterns from {len(catalogue.files)} files\n")
+    _out(env, f"{'id':<32} {'event':<22} {'since':<8} {'until':<8} origin\n")
+    for r in rows:
+        _out(env, f"{r['id']:<32} {r['event']:<22} {r['since']:<8} {r['until']:<8} {r['origin']}\n")
+    return ExitStatus.OK
+
+
+def _test(classifier: Classifier, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    framer = Framer(None, source=str(args.file))
+    counts: dict[str, int] = {p.id: 0 for p in classifier.catalogue.patterns}
+    matched: list[tuple[int, list[str], str]] = []
+    unmatched: list[tuple[int, str]] = []
+    try:
+        with args.file.open("rb") as fh:
+            records = []
+            while chunk := fh.read(1 << 20):
+                records.extend(framer.feed(chunk))
+            records.extend(framer.flush())
+    except OSError as exc:
+        raise UsageError(f"{args.file}: {exc.strerror or exc}") from exc
+    for rec in records:
+        hits = classifier.matches(rec)
+        for p in hits:
+            counts[p.id] += 1
+        if hits:
+            matched.append((rec.lineno, [p.id for p in hits], rec.text))
+        elif RELEVANT.search(rec.text) and not NOISE.search(rec.text):
+            unmatched.append((rec.lineno, rec.text))
+    if args.json:
+        doc = {"file": str(args.file), "lines": framer.lines,
+               "matched": [{"line": n, "patterns": ids, "text": t} for n, ids, t in matched],
+               "unmatched_relevant": [{"line": n, "text": t} for n, t in unmatched],
+               "counts": {k: v for k, v in counts.items() if v}}
+        _out(env, json.dumps(doc, indent=2) + "\n")
+        return ExitStatus.OK
+    _out(env, f"{args.file}: {framer.lines} lines, {len(matched)} recognised, "
+              f"{len(unmatched)} relevant-looking lines matched by no pattern\n\n")
+    _out(env, "Pattern hits:\n")
+    for pid, n in counts.items():
+        if n:
+            _out(env, f"  {n:>6}  {pid}\n")
+    if args.matched:
+        _out(env, "\nRecognised lines:\n")
+        for n, ids, text in matched:
+            _out(env, f"  {n:>7}  [{', '.join(ids)}] {text.strip()[:160]}\n")
+    if unmatched:
+        _out(env, "\nRelevant-looking lines no pattern matches (new wording? see 'Adding a pattern' in the README):\n")
+        for n, text in unmatched[:200]:
+            _out(env, f"  {n:>7}  {text.strip()[:160]}\n")
+        if len(unmatched) > 200:
+            _out(env, f"  ... and {len(unmatched) - 200} more\n")
+    return ExitStatus.OK

@@ -1,0 +1,57 @@
+"""``specwatch`` with input on stdin: pass every byte through and raise alerts on stderr."""
+
+from __future__ import annotations
+
+import argparse
+
+from watcher import report
+from watcher.commands._common import build_context, dispatcher
+from watcher.environment import Environment
+from watcher.exitstatus import ExitStatus
+from watcher.pipe import Passthrough, SideAnalysis, pump, reader
+from watcher.pipeline import Analyzer
+
+
+def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Copy stdin to stdout; analyse on the side; print a summary of open incidents at EOF."""
+    out = Passthrough(env.stdout)
+    read = reader(env.stdin)
+    try:
+        ctx = build_context(args, env)
+    except Exception as exc:
+        # Even with a broken configuration the server's output must keep flowing.
+        env.stderr.write(f"specwatch: not watching: {exc}\n")
+        pump(read, out, None)
+        return ExitStatus.USAGE
+    disp = dispatcher(ctx, env)
+    analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
+                        on_event=disp.event, on_incident=disp.changed)
+    warned = []
+
+    def on_skip(n: int) -> None:
+        if not warned:
+            warned.append(n)
+            env.stderr.write("specwatch: analysis fell behind; skipping input (output is unaffected)\n")
+
+    def on_error(exc: BaseException) -> None:
+        env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); output is unaffected\n")
+
+    side = SideAnalysis(analyzer, disp.tick, on_skip, on_error)
+    pump(read, out, side)
+    side.close()
+    disp.close()
+    incidents = analyzer.incidents()
+    if not args.quiet_summary:
+        env.stderr.write(report.summary(incidents, env.colour))
+    if args.exit_status and any(i.status == "open" for i in incidents):
+        return ExitStatus.INCIDENTS
+    return ExitStatus.OK
+
+
+def add_pipe_options(p: argparse.ArgumentParser) -> None:
+    """Options that only pipe mode has."""
+    g = p.add_argument_group("pipe mode")
+    g.add_argument("--exit-status", action="store_true",
+                   help="exit 1 when incidents are open at EOF (default: always 0, like a transparent pipe)")
+    g.add_argument("--no-summary", dest="quiet_summary", action="store_true",
+                   help="do not print the summary of open incidents at EOF")

@@ -1,0 +1,120 @@
+"""The configuration file (TOML): defaults, validation, and errors that name the key and the line.
+
+Precedence, lowest first: built-in defaults, the config file, environment variables, flags.
+The file is ``$SPECWATCH_CONFIG``, else ``--config FILE``, else ``<user config dir>/specwatch/config.toml``
+if it exists.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file, the key and the line."""
+
+
+#: Every key the file may hold: table -> key -> (type(s), description). The README's config
+#: reference is checked against this table by a test, so the two cannot drift apart.
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "analysis": {
+        "absent_stats_tasks": ((int,), "tasks finished without draft statistics before speculation is inferred off"),
+        "low_acceptance": ((float, int), "acceptance ratio below which low_acceptance opens (0-1)"),
+        "acceptance_window": ((int,), "drafted tokens the acceptance ratio is computed over"),
+        "settle": ((float, int), "seconds an incident must be quiet before it is reported"),
+    },
+    "patterns": {
+        "extra": ((list,), "extra pattern files or directories, loaded after the shipped catalogue"),
+    },
+}
+
+
+@dataclass
+class Config:
+    """Validated configuration values (only what was set; callers apply defaults)."""
+
+    path: Path | None = None
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, table: str, key: str, default: Any = None) -> Any:
+        """A value, or ``default`` when the file does not set it."""
+        return self.values.get(table, {}).get(key, default)
+
+
+def default_path(environ: Mapping[str, str]) -> Path | None:
+    """The config file to read when ``--config`` is not given."""
+    if environ.get("SPECWATCH_CONFIG"):
+        return Path(environ["SPECWATCH_CONFIG"])
+    from platformdirs import user_config_dir
+
+    p = Path(user_config_dir("specwatch")) / "config.toml"
+    return p if p.is_file() else None
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a config file; None gives an empty config."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    values: dict[str, dict[str, Any]] = {}
+    for table, entries in data.items():
+        if table not in SCHEMA:
+            raise ConfigError(f"{path}:{_line(text, None, table)}: unknown table [{table}] "
+                              f"(known: {', '.join(sorted(SCHEMA))})")
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}:{_line(text, None, table)}: {table} must be a table")
+        for key, value in entries.items():
+            spec = SCHEMA[table].get(key)
+            where = f"{path}:{_line(text, table, key)}"
+            if spec is None:
+                raise ConfigError(f"{where}: unknown key {table}.{key} (known: {', '.join(sorted(SCHEMA[table]))})")
+            types, _ = spec
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                names = " or ".join(t.__name__ for t in types)
+                raise ConfigError(f"{where}: key {table}.{key} must be {names}, not {type(value).__name__}")
+            _check_range(where, table, key, value)
+            values.setdefault(table, {})[key] = value
+    return Config(path, values)
+
+
+def _check_range(where: str, table: str, key: str, value: Any) -> None:
+    if key == "low_acceptance" and not 0 <= float(value) <= 1:
+        raise ConfigError(f"{where}: key {table}.{key} must be between 0 and 1")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{where}: key {table}.{key} must not be negative")
+
+
+def _line(text: str, table: str | None, key: str) -> int:
+    """Best-effort line number of ``key`` (inside ``[table]``) for error messages."""
+    lines = text.splitlines()
+    in_table = table is None
+    for n, line in enumerate(lines, 1):
+        s = line.strip()
+        header = re.match(r"^\[+\s*([\w.-]+)\s*\]+", s)
+        if header:
+            if table is None and header.group(1) == key:
+                return n
+            in_table = table is not None and header.group(1) == table
+            continue
+        if in_table and re.match(rf"^{re.escape(key)}\s*=", s):
+            return n
+        if table is not None and re.match(rf"^{re.escape(table)}\.{re.escape(key)}\s*=", s):
+            return n
+    return 1

@@ -1,0 +1,106 @@
+"""Hands settled incident changes to the sinks (banner, event log, store, metrics, notifications).
+
+A failure arrives as a burst of lines (one per slot, one per link of an allocation chain). The
+dispatcher waits until an incident has been quiet for ``settle`` seconds before passing it on, so
+the sinks see one incident naming four slots instead of four incidents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from watcher.events import Event
+from watcher.incidents import Incident
+
+
+class Sink(Protocol):
+    """Where incidents go. Every method must return quickly and must not raise."""
+
+    def incident(self, inc: Incident, change: str) -> None:
+        """``change`` is ``opened``, ``updated`` or ``resolved``."""
+
+    def close(self) -> None:
+        """Flush and release resources at exit."""
+
+
+class EventSink(Protocol):
+    """A sink that also wants every recognised event."""
+
+    def event(self, ev: Event) -> None:
+        """One recognised line."""
+
+
+class Dispatcher:
+    """Collects incident changes and releases each once it has settled."""
+
+    def __init__(self, sinks: Iterable[Sink], settle: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 on_error: Callable[[Sink, BaseException], None] | None = None) -> None:
+        self.sinks = list(sinks)
+        self.settle = settle
+        self.clock = clock
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[Incident, float]] = {}
+        self._sent: dict[int, tuple[str, tuple[object, ...]]] = {}
+        self.all: dict[int, Incident] = {}
+
+    def changed(self, inc: Incident) -> None:
+        """An incident was opened or updated; wait for it to settle."""
+        with self._lock:
+            self._pending[id(inc)] = (inc, self.clock())
+            self.all[id(inc)] = inc
+
+    def event(self, ev: Event) -> None:
+        """Pass a recognised line to the sinks that want it."""
+        for s in self.sinks:
+            fn = getattr(s, "event", None)
+            if fn is not None:
+                self._guard(s, fn, ev)
+
+    def tick(self) -> None:
+        """Release incidents that have been quiet long enough."""
+        now = self.clock()
+        with self._lock:
+            ready = [inc for inc, t in self._pending.values() if now - t >= self.settle]
+            for inc in ready:
+                del self._pending[id(inc)]
+        for inc in ready:
+            self._release(inc)
+
+    def flush(self) -> None:
+        """Release everything now (end of input)."""
+        with self._lock:
+            ready = [inc for inc, _ in self._pending.values()]
+            self._pending.clear()
+        for inc in ready:
+            self._release(inc)
+
+    def close(self) -> None:
+        """Flush, then close every sink."""
+        self.flush()
+        for s in self.sinks:
+            self._guard(s, s.close)
+
+    def _release(self, inc: Incident) -> None:
+        sig = (inc.status, tuple(inc.slots), inc.attempts, inc.server_state, inc.mib, inc.device)
+        prev = self._sent.get(id(inc))
+        if prev is not None and prev[1] == sig:
+            return
+        if prev is None:
+            change = "resolved" if inc.status == "resolved" else "opened"
+        else:
+            change = "resolved" if inc.status == "resolved" and prev[0] != "resolved" else "updated"
+        self._sent[id(inc)] = (inc.status, sig)
+        for s in self.sinks:
+            self._guard(s, s.incident, inc, change)
+
+    def _guard(self, sink: Sink, fn: Callable[..., None], *args: object) -> None:
+        # A broken sink (a full disk, a bug) must never take the watcher or the pipe down with it.
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            if self.on_error is not None:
+                self.on_error(sink, exc)

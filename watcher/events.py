@@ -1,0 +1,68 @@
+"""Typed events: what one recognised log line says, the unit that flows from classify to state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Field names a pattern may capture, with the type each is converted to. A fixed vocabulary
+#: (like fail2ban's ``<F-*>`` tags) lets state code rely on names instead of on regexes.
+FIELD_TYPES: dict[str, type] = {
+    "slot": int,
+    "task": int,
+    "n_ctx": int,
+    "n_slots": int,
+    "accepted": int,
+    "generated": int,
+    "layers": int,
+    "total_layers": int,
+    "device_index": int,
+    "bytes": int,
+    "cells": int,
+    "seqs": int,
+    "tokens": int,
+    "build": int,
+    "free_mib": float,
+    "total_mib": float,
+    "mib": float,
+    "mb": float,
+    "rate": float,
+    "mean_len": float,
+    "tps": float,
+    "model": str,
+    "draft_model": str,
+    "target_model": str,
+    "device": str,
+    "buffer": str,
+    "reason": str,
+    "impl": str,
+    "kind": str,
+    "commit": str,
+    "server": str,
+    "cmd": str,
+    "detail": str,
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One log line after framing: decoded, ANSI-free, capped, with its 1-based line number."""
+
+    text: str
+    lineno: int
+    source: str = "-"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A recognised line: the event type its pattern yields, the typed fields it captured."""
+
+    type: str
+    pattern: str
+    record: Record
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A captured field, or ``default`` when the line did not carry it."""
+        value = self.fields.get(name)
+        return default if value is None else value

@@ -1,0 +1,90 @@
+"""Hints computed from the numbers in the log: what to change, and how much memory each change frees."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from watcher.incidents import Incident, basename
+
+if TYPE_CHECKING:
+    from watcher.state import Run
+
+
+def _m(v: float) -> str:
+    return f"{v:,.0f} MiB"
+
+
+def for_incident(inc: Incident, run: Run) -> str:
+    """The hint for one incident; empty when the log gives nothing to compute from."""
+    match inc.kind:
+        case "draft_context_failed":
+            return _draft_memory(inc, run)
+        case "draft_load_failed":
+            if inc.reason == "out of memory":
+                return _draft_memory(inc, run)
+            if "not found" in inc.reason:
+                return "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio)."
+            if "GGUF" in inc.reason:
+                return "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build."
+            return "Read the evidence lines: the draft model did not load."
+        case "spec_disabled":
+            if inc.confidence == "inferred":
+                return ("Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple with -md; "
+                        "run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per slot.")
+            if "no speculative type" in inc.reason:
+                return "Add --spec-type draft-simple (llama.cpp b9464+ no longer enables the draft from -md alone)."
+            return "Reload with the draft (or fix the draft failure above) before serving; this server is slower."
+        case "spec_unsupported":
+            return "Use a target whose context supports speculation, or drop the draft to free its memory."
+        case "draft_incompatible":
+            return ("Pick a draft from the same model family and tokenizer as the target "
+                    f"({basename(inc.model) or 'target'}).")
+        case "low_acceptance":
+            return ("The draft predicts the target poorly: use a draft of the same family/fine-tune, lower "
+                    "--spec-draft-n-max, or drop the draft to get its memory back.")
+        case "draft_on_cpu":
+            return "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd."
+        case "main_model_oom":
+            if inc.mib:
+                return (f"The target needed {_m(inc.mib)} more on {inc.device or 'the device'}: lower -ngl, "
+                        "the context (-c) or --parallel, or use a smaller quantisation.")
+            return "Lower -ngl, the context (-c) or --parallel, or use a smaller quantisation."
+        case "spec_runtime_error":
+            return "Requests fail with HTTP 500: update llama.cpp, or serve without the draft until fixed."
+    return ""
+
+
+def _draft_memory(inc: Incident, run: Run) -> str:
+    """The seed case: the draft's KV cache did not fit; show what each lever frees."""
+    mib = inc.mib
+    dev = inc.device or "the device"
+    if not mib:
+        return ("The draft's context did not fit: lower the draft context (-cd / --spec-draft-ctx-size on older "
+                "builds, -c overall), --parallel, or use a smaller draft.")
+    attempts = int(inc.extra.get("failed_allocations", 1) or 1)
+    per_slot = attempts > 1 or len(inc.slots) > 1
+    n = max(attempts, len(inc.slots), 1)
+    parts = []
+    if per_slot:
+        parts.append(f"each of the {n} slots creates its own draft context of {_m(mib)} on {dev} "
+                     f"({_m(mib * n)} in all); --parallel 1 needs {_m(mib)}, i.e. frees {_m(mib * (n - 1))}")
+    cells = run.ledger.kv_cells.get("draft") or run.n_ctx_slot or _max_slot_ctx(run)
+    if cells:
+        per_tok_kib = mib * 1024 / cells
+        half = cells // 2
+        parts.append(f"the draft context of {cells:,} tokens costs {per_tok_kib:.0f} KiB per token; "
+                     f"a draft context of {half:,} needs {_m(mib / 2)} (frees {_m(mib / 2)} per context)")
+    else:
+        parts.append(f"the draft KV cache scales with its context: half the context frees {_m(mib / 2)} per context")
+    parts.append(f"a q8_0 draft KV cache (-ctkd q8_0 -ctvd q8_0) frees about {_m(mib * 0.47)} per context")
+    free = run.ledger.free.get(dev)
+    if free is not None:
+        used = run.ledger.total(device=dev)
+        parts.append(f"{dev} reported {_m(free)} free before loading; the models already use {_m(used)} there")
+    parts.append("or use a smaller draft model")
+    return "To fit the draft: " + "; ".join(parts) + "."
+
+
+def _max_slot_ctx(run: Run) -> int | None:
+    vals = [s.n_ctx for s in run.slots.values() if s.n_ctx]
+    return max(vals) if vals else None

@@ -1,0 +1,156 @@
+"""Pipe mode: copy stdin to stdout byte for byte, and analyse a copy on the side.
+
+The copy comes first and never waits for the analysis: the analysis runs in its own thread behind a
+bounded backlog. If specwatch's analysis ever falls that far behind, it skips input (and says so)
+rather than slow the server's output. If stdout goes away (``| head``), reading and watching go on,
+so the server upstream never receives SIGPIPE because of specwatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from watcher.pipeline import Analyzer
+
+CHUNK = 64 * 1024
+MAX_BACKLOG = 64 * 1024 * 1024
+
+
+class Passthrough:
+    """Writes to the real stdout until it breaks, then silently discards."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.broken = False
+        try:
+            self.fd: int | None = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data`` (handling short writes), or nothing once stdout is gone."""
+        if self.broken:
+            return
+        try:
+            if self.fd is None:
+                self.out.write(data)
+                self.out.flush()
+                return
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except BrokenPipeError:
+            self._break()
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF, errno.EINVAL):
+                self._break()
+            else:
+                raise
+
+    def _break(self) -> None:
+        self.broken = True
+        if self.fd is not None:
+            # Point fd 1 at /dev/null so nothing at interpreter exit tries the dead pipe again.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.fd)
+                os.close(devnull)
+
+
+def reader(stream: BinaryIO) -> Callable[[], bytes]:
+    """A function returning the next available bytes without waiting for a full buffer."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        def read_fd() -> bytes:
+            while True:
+                try:
+                    return os.read(fd, CHUNK)
+                except InterruptedError:
+                    continue
+        return read_fd
+    read1 = getattr(stream, "read1", None)
+    if read1 is not None:
+        return lambda: bytes(read1(CHUNK))
+    return lambda: stream.read(CHUNK)
+
+
+class SideAnalysis:
+    """Runs an analyzer in a thread fed through a bounded backlog; ``tick`` runs on idle."""
+
+    def __init__(self, analyzer: Analyzer, tick: Callable[[], None], on_skip: Callable[[int], None],
+                 on_error: Callable[[BaseException], None], idle: float = 0.25) -> None:
+        self.analyzer = analyzer
+        self.tick = tick
+        self.on_skip = on_skip
+        self.on_error = on_error
+        self.idle = idle
+        self._q: queue.Queue[bytes | None] = queue.Queue()
+        self._backlog = 0
+        self._lock = threading.Lock()
+        self.skipped = 0
+        self.failed = False
+        self._thread = threading.Thread(target=self._run, name="specwatch-analysis", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        """Queue a chunk, or skip it if the analysis is too far behind or has failed."""
+        if self.failed:
+            return
+        with self._lock:
+            if self._backlog + len(chunk) > MAX_BACKLOG:
+                self.skipped += len(chunk)
+                skipped = True
+            else:
+                self._backlog += len(chunk)
+                skipped = False
+        if skipped:
+            self.on_skip(len(chunk))
+            return
+        self._q.put(chunk)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the backlog, then the analysis."""
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    chunk = self._q.get(timeout=self.idle)
+                except queue.Empty:
+                    self.tick()
+                    continue
+                if chunk is None:
+                    self.analyzer.finish()
+                    return
+                with self._lock:
+                    self._backlog -= len(chunk)
+                self.analyzer.feed(chunk)
+                self.tick()
+        except Exception as exc:  # noqa: BLE001 - the pipe must survive any analysis bug
+            self.failed = True
+            self.on_error(exc)
+
+
+def pump(read: Callable[[], bytes], out: Passthrough, side: SideAnalysis | None) -> int:
+    """Copy until EOF; returns the number of bytes copied."""
+    total = 0
+    while True:
+        chunk = read()
+        if not chunk:
+            return total
+        total += len(chunk)
+        out.write(chunk)
+        if side is not None:
+            side.put(chunk)

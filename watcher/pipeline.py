@@ -1,0 +1,81 @@
+"""One source's analysis, end to end: bytes -> records -> events -> state -> incidents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from watcher.catalogue import Catalogue
+from watcher.classify import Classifier
+from watcher.events import Event
+from watcher.framing import Framer, LineSelector
+from watcher.incidents import Incident
+from watcher.state import Settings, Stream
+
+
+@dataclass
+class Counters:
+    """What one analysis has seen, for summaries and metrics."""
+
+    bytes: int = 0
+    candidates: int = 0
+    events: int = 0
+    by_pattern: dict[str, int] = field(default_factory=dict)
+
+
+class Analyzer:
+    """Feed it chunks of one source; it keeps that source's state and reports changed incidents."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        source: str = "-",
+        settings: Settings | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        on_incident: Callable[[Incident], None] | None = None,
+        classifier: Classifier | None = None,
+        selector: LineSelector | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.classifier = classifier or Classifier(catalogue)
+        self.framer = Framer(selector or LineSelector(catalogue.anchors), source=source)
+        self.stream = Stream(source, settings, on_change=on_incident)
+        self.on_event = on_event
+        self.counters = Counters()
+
+    @property
+    def source(self) -> str:
+        """The source name used in incidents."""
+        return self.stream.source
+
+    def feed(self, chunk: bytes) -> None:
+        """Analyse a chunk; partial lines wait for the next one."""
+        self.counters.bytes += len(chunk)
+        self._records(self.framer.feed(chunk))
+
+    def finish(self) -> None:
+        """End of input: the last partial line, then conclusions drawn from absence."""
+        self._records(self.framer.flush())
+        self.stream.finish()
+
+    def _records(self, records: list) -> None:  # type: ignore[type-arg]
+        c = self.counters
+        for rec in records:
+            c.candidates += 1
+            ev = self.classifier.classify(rec)
+            if ev is None:
+                continue
+            c.events += 1
+            c.by_pattern[ev.pattern] = c.by_pattern.get(ev.pattern, 0) + 1
+            if self.on_event is not None:
+                self.on_event(ev)
+            self.stream.apply(ev)
+
+    @property
+    def lines(self) -> int:
+        """Complete lines read so far."""
+        return self.framer.lines
+
+    def incidents(self) -> list[Incident]:
+        """All incidents of this source."""
+        return self.stream.incidents()

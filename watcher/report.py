@@ -1,0 +1,128 @@
+"""Human-facing text: the stderr banner, the exit summary and the ``scan`` report."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+from watcher.incidents import Incident, basename, slot_list
+from watcher.state import Run
+
+_RED, _YEL, _GRN, _BOLD, _DIM, _OFF = "\x1b[1;97;41m", "\x1b[1;33m", "\x1b[32m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
+
+
+class Painter:
+    """ANSI styling that disappears when colour is off."""
+
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def __call__(self, style: str, text: str) -> str:
+        return f"{style}{text}{_OFF}" if self.colour else text
+
+
+def banner(inc: Incident, colour: bool, width: int = 100) -> str:
+    """A block a person cannot miss among thousands of server lines."""
+    p = Painter(colour)
+    sev = inc.severity.upper()
+    head = "SPECWATCH " + ("RESOLVED" if inc.status == "resolved" else sev)
+    rule = "=" * width
+    lines = [p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, f"{rule}"),
+             p(_BOLD, f"{head}: {inc.title}")]
+    lines += _details(inc, width)
+    lines.append(p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, rule))
+    return "\n".join(lines) + "\n"
+
+
+def _details(inc: Incident, width: int) -> list[str]:
+    out: list[str] = []
+
+    def field(label: str, value: Any) -> None:
+        if value in (None, "", []):
+            return
+        wrapped = textwrap.wrap(str(value), width - 14) or [""]
+        out.append(f"  {label:<11} {wrapped[0]}")
+        out.extend(f"  {'':<11} {w}" for w in wrapped[1:])
+
+    field("kind", f"{inc.kind} ({inc.severity}, {inc.confidence})")
+    field("source", f"{inc.source} (run {inc.run}, lines {inc.first_line}-{inc.last_line})")
+    field("model", basename(inc.model) or None)
+    field("draft", inc.draft_model)
+    field("slots", slot_list(inc.slots) or None)
+    if inc.device or inc.mib:
+        field("memory", f"{inc.mib:.0f} MiB requested on {inc.device or '?'}" if inc.mib else inc.device)
+    field("why", inc.reason)
+    field("server", inc.server_state.replace("_", " "))
+    field("what to do", inc.hint)
+    if inc.status == "resolved":
+        field("resolved", inc.resolution)
+    if inc.evidence:
+        out.append("  evidence:")
+        for e in inc.evidence[:6]:
+            out.append(f"    {e.lineno:>7}: {e.text[: width - 14]}")
+    return out
+
+
+def summary(incidents: Iterable[Incident], colour: bool) -> str:
+    """At exit: what is still wrong, one line each."""
+    p = Painter(colour)
+    still = [i for i in incidents if i.status == "open"]
+    if not still:
+        return p(_GRN, "specwatch: no open incidents") + "\n"
+    lines = [p(_BOLD, f"specwatch: {len(still)} open incident(s) at exit:")]
+    for inc in still:
+        mark = p(_RED, "CRITICAL") if inc.severity == "critical" else p(_YEL, inc.severity.upper())
+        lines.append(f"  {mark} {inc.title}")
+        if inc.hint:
+            lines.append(f"    -> {textwrap.shorten(inc.hint, 180)}")
+    return "\n".join(lines) + "\n"
+
+
+def scan_report(runs: list[Run], incidents: list[Incident], colour: bool, width: int = 100) -> str:
+    """The ``scan`` report: runs first (what the server was), then incidents (what went wrong)."""
+    p = Painter(colour)
+    out = [p(_BOLD, f"Server runs: {len(runs)}")]
+    for run in runs:
+        out.extend(_run_lines(run, p))
+    out.append("")
+    open_n = sum(1 for i in incidents if i.status == "open")
+    out.append(p(_BOLD, f"Incidents: {len(incidents)} ({open_n} open)"))
+    if not incidents:
+        out.append("  none: " + ("speculation looks healthy" if any(r.spec_confirmed for r in runs)
+                                 else "nothing wrong recognised"))
+    for inc in incidents:
+        out.append(banner(inc, colour, width).rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def _run_lines(run: Run, p: Painter) -> list[str]:
+    spec = run.speculation
+    colour = {"on": _GRN, "failed": _RED, "off": _YEL}.get(spec, _DIM)
+    build = f" build {run.build}" if run.build else ""
+    head = f"  run {run.ordinal} ({run.source}, lines {run.first_line}-{run.last_line}{build}): " \
+           f"speculation {p(colour, spec)}"
+    lines = [head]
+    lines.append(f"    target: {basename(run.target_model) or '?'}" + (" (same as before reload)" if run.inherited_model else ""))
+    if run.draft_model or run.spec_mode:
+        lines.append(f"    draft:  {basename(run.draft_model) or '-'}" + (f" [{run.spec_mode}]" if run.spec_mode else ""))
+    if run.slots:
+        parts = []
+        for s in sorted(run.slots.values(), key=lambda s: s.id):
+            acc = f", acc {s.accepted}/{s.drafted}" if s.drafted else ""
+            parts.append(f"{s.id}: n_ctx={s.n_ctx or '?'} spec={s.speculative}{acc}")
+        lines.append("    slots:  " + "; ".join(parts))
+    if run.tasks_done:
+        rate = f", acceptance {run.accepted / run.drafted:.1%} ({run.accepted}/{run.drafted})" if run.drafted else ""
+        lines.append(f"    tasks:  {run.tasks_done}{rate}")
+    if not run.ledger.empty():
+        lines.append("    memory (MiB):")
+        lines.append("      device       free   target w/kv/compute      draft w/kv/compute   failed")
+        for row in run.ledger.table():
+            def f(v: Any) -> str:
+                return "-" if v is None else f"{v:.0f}"
+            t = "/".join(f(row[f"target_{k}_mib"]) for k in ("model", "kv", "compute"))
+            d = "/".join(f(row[f"draft_{k}_mib"]) for k in ("model", "kv", "compute"))
+            failed = f"{f(row['failed_mib'])} ({row['failed_role']})" if row["failed_mib"] else "-"
+            lines.append(f"      {row['device']:<10} {f(row['free_mib']):>6}   {t:>20}   {d:>20}   {failed}")
+    return lines

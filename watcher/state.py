@@ -1,0 +1,610 @@
+"""Per-stream state: server runs, their slots and memory, and the incidents their events add up to.
+
+A *stream* is one log source (a pipe, a file, a child's output). It holds a sequence of *runs*: one
+load of a target model, possibly with a draft, and the slots that serve it. Events update the
+current run; state changes open or update incidents. The rules follow llama.cpp's behaviour by era
+(see patterns/README.md): which lines mean speculation is off, which mean it failed, and which
+error lines are normal (the memory-fitting probe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from watcher import hints
+from watcher.events import Event
+from watcher.incidents import Incident
+from watcher.ledger import Ledger, device_name
+
+#: Events that happen once per slot while a server initialises; seeing one again for the same
+#: slot means the server (or LM Studio) reloaded the model, so a new run begins.
+_SLOT_INIT = {"slot_new", "spec_ctx_not_init", "spec_ctx_init_ok"}
+_SPEC_ON = {"spec_ctx_init_ok", "draft_acceptance", "spec_statistics", "draft_step_accepted"}
+
+
+@dataclass
+class Slot:
+    """One server slot (``--parallel`` of them)."""
+
+    id: int
+    n_ctx: int | None = None
+    speculative: str = "unknown"  # on | off | unknown
+    tasks: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form."""
+        rate = round(self.accepted / self.drafted, 4) if self.drafted else None
+        return {"id": self.id, "n_ctx": self.n_ctx, "speculative": self.speculative, "tasks": self.tasks,
+                "drafted": self.drafted, "accepted": self.accepted, "acceptance": rate}
+
+
+@dataclass
+class Run:
+    """One load of a target model (and its draft) on one stream."""
+
+    ordinal: int
+    source: str
+    first_line: int
+    build: int | None = None
+    target_model: str | None = None
+    draft_model: str | None = None
+    spec_requested: bool = False  # a draft was loaded or a speculative implementation was set up
+    spec_expected: bool = False  # a previous run of this stream speculated with this target
+    spec_confirmed: bool = False
+    spec_mode: str | None = None
+    role: str = "target"  # whose memory lines these are
+    phase: str = "loading"  # loading | serving | exited
+    in_fit_probe: bool = False
+    n_slots: int | None = None
+    n_ctx_slot: int | None = None
+    slots: dict[int, Slot] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=Ledger)
+    tasks_done: int = 0
+    tasks_with_tokens: int = 0
+    acceptance_lines: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    no_impls: bool = False
+    inherited_model: bool = False
+    recent_errors: list[Event] = field(default_factory=list)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    _slot_events: set[tuple[int, str]] = field(default_factory=set)
+    last_line: int = 0
+
+    def slot(self, sid: int) -> Slot:
+        """The slot with this id, created on first mention."""
+        if sid not in self.slots:
+            self.slots[sid] = Slot(sid)
+        return self.slots[sid]
+
+    @property
+    def speculation(self) -> str:
+        """on, off, failed, not_configured or unknown: the run's speculation status in one word."""
+        if any(i.kind != "low_acceptance" and i.kind != "draft_on_cpu" and i.status == "open"
+               for i in self.incidents.values()):
+            return "failed" if self.spec_requested else "off"
+        if self.spec_confirmed:
+            return "on"
+        if not self.spec_requested and not self.spec_expected:
+            return "not_configured"
+        return "unknown"
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form for ``scan --json``."""
+        return {
+            "run": self.ordinal,
+            "source": self.source,
+            "first_line": self.first_line,
+            "last_line": self.last_line,
+            "build": self.build,
+            "model": self.target_model,
+            "draft_model": self.draft_model,
+            "speculation": self.speculation,
+            "spec_mode": self.spec_mode,
+            "state": self.phase,
+            "n_slots": self.n_slots or (len(self.slots) or None),
+            "slots": [s.as_dict() for s in sorted(self.slots.values(), key=lambda s: s.id)],
+            "tasks": self.tasks_done,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance": round(self.accepted / self.drafted, 4) if self.drafted else None,
+            "memory": self.ledger.table(),
+        }
+
+
+@dataclass
+class Settings:
+    """Thresholds of the state rules (configurable; defaults explained in the README)."""
+
+    #: Completed tasks without any draft statistics before "speculation is not happening" is inferred.
+    absent_stats_tasks: int = 3
+    #: Acceptance below this over ``acceptance_window`` drafted tokens raises ``low_acceptance``.
+    low_acceptance: float = 0.25
+    acceptance_window: int = 512
+
+
+class Stream:
+    """State of one log source; feed it events, read its runs and incidents."""
+
+    def __init__(self, source: str, settings: Settings | None = None,
+                 on_change: Callable[[Incident], None] | None = None) -> None:
+        self.source = source
+        self.settings = settings or Settings()
+        self.runs: list[Run] = []
+        self.on_change = on_change
+        self._pending_no_impls: Event | None = None
+        self._last_acc: list[tuple[int, int]] = []  # (drafted, accepted) per task, newest last
+
+    # -- runs -----------------------------------------------------------------------------------
+    @property
+    def run(self) -> Run:
+        """The current run, started on first use."""
+        if not self.runs:
+            self.runs.append(Run(1, self.source, 1))
+        return self.runs[-1]
+
+    def _new_run(self, lineno: int, reason: str) -> Run:
+        prev = self.runs[-1] if self.runs else None
+        run = Run(len(self.runs) + 1, self.source, lineno)
+        if prev is not None:
+            if prev.phase == "loading" and not prev.incidents:
+                prev.phase = "replaced"
+            # A reload of the same server: LM Studio reloads without the draft after it failed.
+            run.spec_expected = prev.spec_requested or prev.spec_expected
+            if reason == "reload":
+                run.target_model = prev.target_model
+                run.inherited_model = True
+        self.runs.append(run)
+        self._last_acc = []
+        return run
+
+    def _started(self, run: Run) -> bool:
+        return bool(run.target_model or run.slots or run.phase != "loading" or run.ledger.allocations)
+
+    # -- events ---------------------------------------------------------------------------------
+    def apply(self, ev: Event) -> None:
+        """Update state with one event."""
+        t = ev.type
+        if t == "spec_no_impls":
+            # Printed just before a slot's init lines: it belongs to the run that slot belongs to.
+            self._pending_no_impls = ev
+            return
+        run = self.run
+        slot_id = ev.get("slot")
+        if t in _SLOT_INIT and slot_id is not None:
+            if (slot_id, t) in run._slot_events:
+                run = self._new_run(ev.record.lineno, "reload")
+            run._slot_events.add((slot_id, t))
+        elif t in ("build_info", "model_loading") and self._started(run):
+            run = self._new_run(ev.record.lineno, t)
+        if self._pending_no_impls is not None:
+            pending, self._pending_no_impls = self._pending_no_impls, None
+            self._apply(run, pending)
+        self._apply(run, ev)
+
+    def _apply(self, run: Run, ev: Event) -> None:
+        t, ln = ev.type, ev.record.lineno
+        run.last_line = max(run.last_line, ln)
+        handler = getattr(self, f"_on_{t}", None)
+        if handler is not None:
+            handler(run, ev)
+        if t in _SPEC_ON:
+            self._confirm(run, ev)
+
+    def finish(self) -> None:
+        """End of stream: apply what was waiting and draw conclusions from what never came."""
+        if self._pending_no_impls is not None:
+            pending, self._pending_no_impls = self._pending_no_impls, None
+            self._apply(self.run, pending)
+        for run in self.runs:
+            self._check_absence(run, final=True)
+            self._check_draft_placement(run)
+
+    # -- handlers: load and identity -----------------------------------------------------------
+    def _on_build_info(self, run: Run, ev: Event) -> None:
+        run.build = ev.get("build")
+
+    def _on_model_loading(self, run: Run, ev: Event) -> None:
+        run.role = "target"
+        run.target_model = ev.get("model") or run.target_model
+        run.inherited_model = False
+
+    def _on_model_meta(self, run: Run, ev: Event) -> None:
+        path = ev.get("model")
+        if run.role == "draft":
+            run.draft_model = run.draft_model or path
+        elif not run.target_model or run.inherited_model:
+            run.target_model, run.inherited_model = path, False
+
+    def _on_draft_loading(self, run: Run, ev: Event) -> None:
+        run.role = "draft"
+        run.draft_model = ev.get("model") or run.draft_model
+        run.spec_requested = True
+        run.spec_mode = run.spec_mode or "draft"
+
+    def _on_mtp_ctx_create(self, run: Run, ev: Event) -> None:
+        run.role = "draft"
+        run.spec_requested = True
+        run.spec_mode = "mtp"
+        run.draft_model = run.draft_model or (f"MTP head of {ev.get('model')}" if ev.get("model") else "MTP head")
+
+    def _on_spec_impl_added(self, run: Run, ev: Event) -> None:
+        run.spec_requested = True
+        run.spec_mode = ev.get("impl") or run.spec_mode
+
+    def _on_fit_start(self, run: Run, ev: Event) -> None:
+        run.in_fit_probe = True
+
+    def _on_fit_done(self, run: Run, ev: Event) -> None:
+        run.in_fit_probe = False
+
+    def _on_model_loaded(self, run: Run, ev: Event) -> None:
+        run.phase = "serving"
+        run.in_fit_probe = False
+        self._finalise_load(run)
+
+    _on_server_listening = _on_model_loaded
+
+    def _on_load_exit(self, run: Run, ev: Event) -> None:
+        run.phase = "exited"
+        for inc in run.incidents.values():
+            inc.server_state = "exited"
+            inc.add_evidence(ev.record.lineno, ev.record.text)
+            self._changed(inc)
+
+    # -- handlers: memory -------------------------------------------------------------------------
+    def _on_device_free(self, run: Run, ev: Event) -> None:
+        dev = device_name(ev.get("device"))
+        if ev.get("free_mib") is not None:
+            run.ledger.free.setdefault(dev, ev.get("free_mib"))
+
+    def _on_buffer_size(self, run: Run, ev: Event) -> None:
+        if run.in_fit_probe:
+            return
+        run.ledger.add(run.role, ev.get("kind", "model"), device_name(ev.get("buffer")), ev.get("mib", 0.0),
+                       ev.record.lineno)
+
+    def _on_kv_size(self, run: Run, ev: Event) -> None:
+        if ev.get("cells") is not None:
+            run.ledger.kv_cells[run.role] = ev.get("cells")
+
+    def _on_offloaded(self, run: Run, ev: Event) -> None:
+        run.ledger.offload[run.role] = (ev.get("layers", 0), ev.get("total_layers", 0))
+
+    def _on_alloc_failed(self, run: Run, ev: Event) -> None:
+        if run.in_fit_probe:
+            return  # the fitting probe tries sizes that may not fit; llama.cpp calls that normal
+        dev = device_name(ev.get("buffer"), ev.get("device_index"), ev.get("device") or "CUDA")
+        mib = ev.get("mib")
+        if mib is None and ev.get("bytes") is not None:
+            mib = ev.get("bytes") / (1024 * 1024)
+        if mib is None and ev.get("mb") is not None:
+            mib = ev.get("mb") * 1e6 / (1024 * 1024)
+        prev = run.ledger.failures[-1] if run.ledger.failures else None
+        # One allocation fails through a chain (backend -> allocator -> context); keep it once.
+        if prev and prev.role == run.role and ln_close(prev.lineno, ev.record.lineno) and (
+            prev.mib is None or mib is None or abs(prev.mib - mib) < 1
+        ):
+            if prev.device == "?" or prev.device.startswith(("CUDA", "ROCm")) and dev != "?":
+                prev.device = dev if dev != "?" else prev.device
+            prev.mib = prev.mib or mib
+            return
+        from watcher.ledger import Failure
+
+        run.ledger.failures.append(Failure(run.role, dev, mib, ev.get("kind", "unknown"), ev.record.lineno))
+        run.recent_errors.append(ev)
+
+    def _on_alloc_error(self, run: Run, ev: Event) -> None:
+        if not run.in_fit_probe:
+            run.recent_errors.append(ev)
+
+    _on_ctx_init_failed = _on_alloc_error
+    _on_vocab_mismatch = _on_alloc_error
+    _on_model_file_error = _on_alloc_error
+
+    # -- handlers: slots --------------------------------------------------------------------------
+    def _on_slots_init(self, run: Run, ev: Event) -> None:
+        run.n_slots = ev.get("n_slots", run.n_slots)
+        run.n_ctx_slot = ev.get("n_ctx", run.n_ctx_slot)
+        run.role = "target"
+        if run.n_slots:
+            for sid in range(run.n_slots):
+                s = run.slot(sid)
+                s.n_ctx = s.n_ctx or run.n_ctx_slot
+
+    def _on_slot_new(self, run: Run, ev: Event) -> None:
+        run.role = "target"
+        if ev.get("slot") is not None:
+            run.slot(ev.get("slot")).n_ctx = ev.get("n_ctx")
+
+    def _on_spec_ctx_not_init(self, run: Run, ev: Event) -> None:
+        sid = ev.get("slot")
+        if sid is not None:
+            run.slot(sid).speculative = "off"
+        failed = [i for i in run.incidents.values() if i.kind in ("draft_context_failed", "draft_load_failed",
+                                                                   "draft_incompatible", "spec_disabled")]
+        for inc in failed:
+            inc.add_slot(sid)
+            inc.add_evidence(ev.record.lineno, ev.record.text, limit=6)
+            self._changed(inc)
+        if not failed and (run.spec_requested or run.spec_expected):
+            reason = ("no speculative implementation is configured for this load (the previous load of this "
+                      "server used a draft)" if run.no_impls else "speculative decoding context not initialized")
+            inc = self._incident(run, "spec_disabled", ev, reason=reason)
+            inc.add_slot(sid)
+
+    def _on_spec_no_impls(self, run: Run, ev: Event) -> None:
+        run.no_impls = True
+        if run.spec_requested and run.draft_model:
+            # b9464+: -md without --spec-type draft-simple loads the draft and never uses it.
+            self._incident(run, "spec_disabled", ev,
+                           reason=f"draft {_short(run.draft_model)} is loaded but no speculative type is enabled")
+
+    def _on_spec_ctx_init_ok(self, run: Run, ev: Event) -> None:
+        if ev.get("slot") is not None:
+            run.slot(ev.get("slot")).speculative = "on"
+
+    # -- handlers: failures ---------------------------------------------------------------------
+    def _on_draft_context_failed(self, run: Run, ev: Event) -> None:
+        kind = "draft_context_failed"
+        inc = self._incident(run, kind, ev, reason=ev.get("reason") or "failed to create draft context")
+        self._attach_errors(run, inc)
+
+    _on_mtp_ctx_failed = _on_draft_context_failed
+
+    def _on_draft_load_failed(self, run: Run, ev: Event) -> None:
+        run.draft_model = run.draft_model or ev.get("model")
+        inc = self._incident(run, "draft_load_failed", ev, reason=_load_reason(run))
+        self._attach_errors(run, inc)
+
+    def _on_model_load_failed(self, run: Run, ev: Event) -> None:
+        model = ev.get("model")
+        is_draft = run.role == "draft" or (model and run.draft_model and _short(model) == _short(run.draft_model))
+        if is_draft:
+            self._on_draft_load_failed(run, ev)
+        elif any(f.role == "target" for f in run.ledger.failures):
+            inc = self._incident(run, "main_model_oom", ev, reason="target model did not fit")
+            self._attach_errors(run, inc, role="target")
+
+    def _on_context_failed(self, run: Run, ev: Event) -> None:
+        if run.in_fit_probe:
+            return
+        if run.role == "draft":
+            self._on_draft_context_failed(run, ev)
+        elif any(f.role == "target" for f in run.ledger.failures):
+            inc = self._incident(run, "main_model_oom", ev, reason="target context did not fit")
+            self._attach_errors(run, inc, role="target")
+
+    def _on_spec_init_failed(self, run: Run, ev: Event) -> None:
+        reason = ev.get("reason") or ""
+        low = reason.lower()
+        if "vocab" in low or "eagle3" in low or "token" in low:
+            kind = "draft_incompatible"
+        elif "requires a draft context" in low:
+            kind = "draft_context_failed"
+        else:
+            kind = "spec_disabled"
+        inc = self._incident(run, kind, ev, reason=reason or "failed to initialize speculative decoding")
+        self._attach_errors(run, inc)
+        if run.phase != "exited":
+            inc.server_state = "serving_without_speculation"
+
+    def _on_draft_incompatible(self, run: Run, ev: Event) -> None:
+        run.draft_model = run.draft_model or ev.get("draft_model")
+        run.target_model = run.target_model or ev.get("target_model")
+        inc = self._incident(run, "draft_incompatible", ev, reason=ev.get("reason") or "vocabulary mismatch")
+        self._attach_errors(run, inc)
+
+    def _on_draft_translate(self, run: Run, ev: Event) -> None:
+        run.spec_requested = True
+        inc = self._incident(run, "draft_incompatible", ev, severity="warning",
+                             reason="tokens are translated between the vocabularies; expect acceptance near zero")
+        inc.server_state = "serving"
+        self._attach_errors(run, inc)
+
+    def _on_spec_unsupported(self, run: Run, ev: Event) -> None:
+        self._incident(run, "spec_unsupported", ev, reason=ev.get("reason") or ev.record.text.strip())
+
+    def _on_spec_runtime_error(self, run: Run, ev: Event) -> None:
+        self._incident(run, "spec_runtime_error", ev, severity="warning", reason="failed to process speculative batch")
+
+    def _on_host_draft_ignored(self, run: Run, ev: Event) -> None:
+        # LM Studio: the request asked for draft tokens but no draft is loaded.
+        run.spec_expected = True
+        self._incident(run, "spec_disabled", ev, reason="a draft was requested but no draft model is loaded")
+
+    def _on_host_draft_failed(self, run: Run, ev: Event) -> None:
+        inc = self._incident(run, "draft_load_failed", ev, reason=ev.get("reason") or "the host failed to load the draft")
+        inc.server_state = "serving_without_speculation"
+
+    # -- handlers: serving ----------------------------------------------------------------------
+    def _on_task_timing(self, run: Run, ev: Event) -> None:
+        if run.phase == "loading":
+            run.phase = "serving"
+            self._finalise_load(run)
+        self._check_absence(run)
+        run.tasks_done += 1
+        if ev.get("slot") is not None:
+            run.slot(ev.get("slot")).tasks += 1
+
+    def _on_eval_time(self, run: Run, ev: Event) -> None:
+        if (ev.get("tokens") or 0) >= 8:
+            run.tasks_with_tokens += 1
+
+    def _on_draft_acceptance(self, run: Run, ev: Event) -> None:
+        gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
+        run.acceptance_lines += 1
+        run.drafted += gen
+        run.accepted += acc
+        sid = ev.get("slot")
+        if sid is not None:
+            s = run.slot(sid)
+            s.drafted += gen
+            s.accepted += acc
+            s.speculative = "on"
+        self._last_acc.append((gen, acc))
+        self._check_acceptance(run, ev)
+
+    def _on_spec_statistics(self, run: Run, ev: Event) -> None:
+        run.spec_mode = run.spec_mode or ev.get("impl")
+
+    # -- conclusions ----------------------------------------------------------------------------
+    def _confirm(self, run: Run, ev: Event) -> None:
+        if run.spec_confirmed:
+            return
+        run.spec_confirmed = True
+        run.spec_requested = True
+        # Speculation works again on this stream: earlier failures with this target are resolved.
+        for older in self.runs:
+            if older is run:
+                continue
+            for inc in older.incidents.values():
+                same_model = not inc.model or not run.target_model or _short(inc.model) == _short(run.target_model)
+                if inc.status == "open" and same_model and inc.kind != "main_model_oom":
+                    inc.status = "resolved"
+                    inc.resolved_line = ev.record.lineno
+                    inc.resolution = f"speculation works again in run {run.ordinal} (line {ev.record.lineno})"
+                    self._changed(inc)
+        for inc in run.incidents.values():
+            if inc.confidence == "inferred" and inc.status == "open":
+                inc.status = "resolved"
+                inc.resolved_line = ev.record.lineno
+                inc.resolution = "draft statistics appeared after all"
+                self._changed(inc)
+
+    def _finalise_load(self, run: Run) -> None:
+        for inc in run.incidents.values():
+            if inc.server_state == "unknown" and inc.kind != "main_model_oom":
+                inc.server_state = "serving_without_speculation"
+                if not inc.slots:
+                    for sid in sorted(run.slots):
+                        inc.add_slot(sid)
+                self._changed(inc)
+        self._check_draft_placement(run)
+
+    def _check_absence(self, run: Run, final: bool = False) -> None:
+        need = self.settings.absent_stats_tasks
+        if not (run.spec_requested and not run.spec_confirmed and run.acceptance_lines == 0):
+            return
+        if run.incidents or run.phase == "exited":
+            return
+        done = run.tasks_done
+        if done < need or (run.tasks_with_tokens and run.tasks_with_tokens < need):
+            return
+        inc = self._incident(run, "spec_disabled", None, severity="warning",
+                             reason=f"draft {_short(run.draft_model) or 'configured'} loaded, but {done} completed "
+                                    f"tasks printed no draft statistics")
+        inc.confidence = "inferred"
+        inc.server_state = "serving_without_speculation"
+        inc.first_line = inc.first_line or run.first_line
+        inc.last_line = run.last_line
+
+    def _check_acceptance(self, run: Run, ev: Event) -> None:
+        window = self.settings.acceptance_window
+        gen = acc = 0
+        for g, a in reversed(self._last_acc):
+            gen += g
+            acc += a
+            if gen >= window:
+                break
+        if gen < window:
+            return
+        rate = acc / gen if gen else 0.0
+        inc = run.incidents.get("low_acceptance")
+        if rate < self.settings.low_acceptance:
+            if inc is None:
+                inc = self._incident(run, "low_acceptance", ev, severity="warning",
+                                     reason=f"{rate:.0%} of the last {gen} drafted tokens accepted "
+                                            f"(threshold {self.settings.low_acceptance:.0%})")
+                inc.server_state = "serving"
+                inc.extra["acceptance"] = round(rate, 4)
+            inc.add_slot(ev.get("slot"))
+        elif inc is not None and inc.status == "open":
+            inc.status = "resolved"
+            inc.resolved_line = ev.record.lineno
+            inc.resolution = f"acceptance recovered to {rate:.0%}"
+            self._changed(inc)
+
+    def _check_draft_placement(self, run: Run) -> None:
+        t, d = run.ledger.offload.get("target"), run.ledger.offload.get("draft")
+        if not t or not d or "draft_on_cpu" in run.incidents:
+            return
+        if t[0] > 0 and d[0] == 0 and d[1] > 0:
+            inc = self._incident(run, "draft_on_cpu", None, severity="warning",
+                                 reason=f"target offloaded {t[0]}/{t[1]} layers, draft 0/{d[1]}")
+            inc.server_state = "serving"
+
+    # -- incident helpers -----------------------------------------------------------------------
+    def _incident(self, run: Run, kind: str, ev: Event | None, reason: str = "",
+                  severity: str = "critical") -> Incident:
+        inc = run.incidents.get(kind)
+        if inc is None:
+            inc = Incident(kind=kind, severity=severity, source=self.source, run=run.ordinal,
+                           model=run.target_model, draft_model=run.draft_model, reason=reason)
+            if run.phase == "serving" and kind not in ("low_acceptance", "draft_on_cpu", "spec_runtime_error"):
+                inc.server_state = "serving_without_speculation"
+            elif run.phase == "exited":
+                inc.server_state = "exited"
+            run.incidents[kind] = inc
+        else:
+            inc.attempts += 1 if ev is not None and ev.type == _trigger(inc) else 0
+        if ev is not None:
+            inc.extra.setdefault("trigger", ev.type)
+            inc.add_evidence(ev.record.lineno, ev.record.text)
+            inc.add_slot(ev.get("slot"))
+        inc.model = inc.model or run.target_model
+        inc.draft_model = inc.draft_model or run.draft_model
+        inc.hint = hints.for_incident(inc, run)
+        self._changed(inc)
+        return inc
+
+    def _attach_errors(self, run: Run, inc: Incident, role: str | None = None) -> None:
+        """Bring in the allocation failure that caused this, with its device and size."""
+        fails = [f for f in run.ledger.failures if role is None or f.role == role]
+        if fails:
+            f = fails[-1]
+            inc.device = inc.device or (f.device if f.device != "?" else None)
+            inc.mib = inc.mib or f.mib
+            inc.extra["failed_allocations"] = len(fails)
+        for e in run.recent_errors[-4:]:
+            inc.add_evidence(e.record.lineno, e.record.text)
+        inc.evidence.sort(key=lambda e: e.lineno)
+        run.recent_errors.clear()
+        inc.hint = hints.for_incident(inc, run)
+
+    def _changed(self, inc: Incident) -> None:
+        if self.on_change is not None:
+            self.on_change(inc)
+
+    def incidents(self) -> list[Incident]:
+        """Every incident of every run, oldest first."""
+        return [i for r in self.runs for i in r.incidents.values()]
+
+
+def _trigger(inc: Incident) -> str:
+    return str(inc.extra.get("trigger", ""))
+
+
+def ln_close(a: int, b: int) -> bool:
+    """Lines of one failure chain sit within a few lines of each other."""
+    return abs(a - b) <= 6
+
+
+def _short(path: str | None) -> str:
+    from watcher.incidents import basename
+
+    return basename(path)
+
+
+def _load_reason(run: Run) -> str:
+    text = " ".join(e.record.text.lower() for e in run.recent_errors)
+    if run.ledger.failures and run.ledger.failures[-1].role == "draft":
+        return "out of memory"
+    if "no such file" in text or "failed to open" in text or "not found" in text:
+        return "file not found"
+    if "magic" in text or "invalid" in text or "corrupt" in text or "tensor" in text or "gguf" in text:
+        return "file is not a valid GGUF"
+    return "see evidence"
