@@ -161,8 +161,8 @@ def render_title(inc: Incident) -> str:
         case "spec_unsupported":
             return f"{off}: {inc.reason or 'the target context cannot do speculation'}"
         case "draft_incompatible":
-            return f"{off if inc.severity == 'critical' else 'Speculation degraded'}: draft {draft} vocabulary " \
-                   f"does not match the target ({inc.reason or 'vocab mismatch'})"
+            return f"{off if inc.severity == 'critical' else 'Speculation degraded'}: draft {draft} is not " \
+                   f"compatible with the target ({inc.reason or 'vocabulary mismatch'})"
         case "low_acceptance":
             return f"Low draft acceptance: {inc.reason}{slots}"
         case "draft_on_cpu":

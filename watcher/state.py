@@ -68,6 +68,8 @@ class Run:
     drafted: int = 0
     accepted: int = 0
     no_impls: bool = False
+    no_impls_event: Event | None = None
+    draft_event: Event | None = None
     inherited_model: bool = False
     recent_errors: list[Event] = field(default_factory=list)
     incidents: dict[str, Incident] = field(default_factory=dict)
@@ -124,6 +126,8 @@ class Settings:
     #: Acceptance below this over ``acceptance_window`` drafted tokens raises ``low_acceptance``.
     low_acceptance: float = 0.25
     acceptance_window: int = 512
+    #: Drafted tokens after which an acceptance under ``low_acceptance / 2.5`` is already conclusive.
+    acceptance_min_tokens: int = 64
 
 
 class Stream:
@@ -191,7 +195,7 @@ class Stream:
         handler = getattr(self, f"_on_{t}", None)
         if handler is not None:
             handler(run, ev)
-        if t in _SPEC_ON:
+        if t in _SPEC_ON and (t != "spec_statistics" or (ev.get("generated") or 0) > 0):
             self._confirm(run, ev)
 
     def finish(self) -> None:
@@ -224,6 +228,7 @@ class Stream:
         run.draft_model = ev.get("model") or run.draft_model
         run.spec_requested = True
         run.spec_mode = run.spec_mode or "draft"
+        run.draft_event = ev
 
     def _on_mtp_ctx_create(self, run: Run, ev: Event) -> None:
         run.role = "draft"
@@ -328,16 +333,25 @@ class Stream:
                                                                    "draft_incompatible", "spec_disabled")]
         for inc in failed:
             inc.add_slot(sid)
-            inc.add_evidence(ev.record.lineno, ev.record.text, limit=6)
+            if len(inc.slots) <= 1:
+                inc.add_evidence(ev.record.lineno, ev.record.text)
+            if inc.server_state == "unknown":
+                # The server goes on creating slots without a draft: it will serve, only slower.
+                inc.server_state = "serving_without_speculation"
             self._changed(inc)
         if not failed and (run.spec_requested or run.spec_expected):
-            reason = ("no speculative implementation is configured for this load (the previous load of this "
-                      "server used a draft)" if run.no_impls else "speculative decoding context not initialized")
+            reload = run.no_impls and not run.spec_requested
+            reason = ("reloaded without its draft (no speculative implementation configured)" if reload
+                      else "speculative decoding context not initialized")
+            if run.no_impls_event is not None:
+                self._incident(run, "spec_disabled", run.no_impls_event, reason=reason)
             inc = self._incident(run, "spec_disabled", ev, reason=reason)
+            inc.server_state = "serving_without_speculation"
             inc.add_slot(sid)
 
     def _on_spec_no_impls(self, run: Run, ev: Event) -> None:
         run.no_impls = True
+        run.no_impls_event = run.no_impls_event or ev
         if run.spec_requested and run.draft_model:
             # b9464+: -md without --spec-type draft-simple loads the draft and never uses it.
             self._incident(run, "spec_disabled", ev,
@@ -384,7 +398,8 @@ class Stream:
         if "vocab" in low or "eagle3" in low or "token" in low:
             kind = "draft_incompatible"
         elif "requires a draft context" in low:
-            kind = "draft_context_failed"
+            kind = "spec_disabled"
+            reason = f"a draft speculative type is enabled but no draft model is configured ({reason})"
         else:
             kind = "spec_disabled"
         inc = self._incident(run, kind, ev, reason=reason or "failed to initialize speculative decoding")
@@ -408,6 +423,14 @@ class Stream:
     def _on_spec_unsupported(self, run: Run, ev: Event) -> None:
         self._incident(run, "spec_unsupported", ev, reason=ev.get("reason") or ev.record.text.strip())
 
+    def _on_spec_crash(self, run: Run, ev: Event) -> None:
+        # llama.cpp aborted inside speculative decoding: the log simply ends after this line.
+        reason = f"llama.cpp aborted in speculative decoding: {ev.get('reason') or 'assertion failed'}"
+        kind = "spec_runtime_error" if run.phase == "serving" else "draft_incompatible"
+        inc = self._incident(run, kind, ev, reason=reason)
+        inc.server_state = "exited"
+        run.phase = "exited"
+
     def _on_spec_runtime_error(self, run: Run, ev: Event) -> None:
         self._incident(run, "spec_runtime_error", ev, severity="warning", reason="failed to process speculative batch")
 
@@ -417,7 +440,9 @@ class Stream:
         self._incident(run, "spec_disabled", ev, reason="a draft was requested but no draft model is loaded")
 
     def _on_host_draft_failed(self, run: Run, ev: Event) -> None:
-        inc = self._incident(run, "draft_load_failed", ev, reason=ev.get("reason") or "the host failed to load the draft")
+        reason = ev.get("reason") or "the host failed to load the draft"
+        kind = "spec_unsupported" if "not supported" in reason.lower() else "draft_load_failed"
+        inc = self._incident(run, kind, ev, reason=reason)
         inc.server_state = "serving_without_speculation"
 
     # -- handlers: serving ----------------------------------------------------------------------
@@ -433,6 +458,8 @@ class Stream:
     def _on_eval_time(self, run: Run, ev: Event) -> None:
         if (ev.get("tokens") or 0) >= 8:
             run.tasks_with_tokens += 1
+        if run.phase == "serving":
+            self._check_absence(run)
 
     def _on_draft_acceptance(self, run: Run, ev: Event) -> None:
         gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
@@ -492,7 +519,12 @@ class Stream:
         if run.incidents or run.phase == "exited":
             return
         done = run.tasks_done
-        if done < need or (run.tasks_with_tokens and run.tasks_with_tokens < need):
+        # With generated-token counts (b9230+ logs) two real generations are enough evidence;
+        # without them a third task guards against tasks too short to draft anything.
+        if run.tasks_with_tokens:
+            if run.tasks_with_tokens < max(need - 1, 1):
+                return
+        elif done < need:
             return
         inc = self._incident(run, "spec_disabled", None, severity="warning",
                              reason=f"draft {_short(run.draft_model) or 'configured'} loaded, but {done} completed "
@@ -510,9 +542,11 @@ class Stream:
             acc += a
             if gen >= window:
                 break
-        if gen < window:
-            return
         rate = acc / gen if gen else 0.0
+        # A draft that is nearly always wrong is clear after a few tasks; a mediocre one needs the window.
+        clear_miss = gen >= self.settings.acceptance_min_tokens and rate < self.settings.low_acceptance / 2.5
+        if gen < window and not clear_miss:
+            return
         inc = run.incidents.get("low_acceptance")
         if rate < self.settings.low_acceptance:
             if inc is None:
@@ -553,7 +587,9 @@ class Stream:
             inc.attempts += 1 if ev is not None and ev.type == _trigger(inc) else 0
         if ev is not None:
             inc.extra.setdefault("trigger", ev.type)
-            inc.add_evidence(ev.record.lineno, ev.record.text)
+            if inc.attempts == 1:
+                inc.add_evidence(ev.record.lineno, ev.record.text)
+            inc.last_line = max(inc.last_line, ev.record.lineno)
             inc.add_slot(ev.get("slot"))
         inc.model = inc.model or run.target_model
         inc.draft_model = inc.draft_model or run.draft_model
@@ -569,8 +605,11 @@ class Stream:
             inc.device = inc.device or (f.device if f.device != "?" else None)
             inc.mib = inc.mib or f.mib
             inc.extra["failed_allocations"] = len(fails)
-        for e in run.recent_errors[-4:]:
-            inc.add_evidence(e.record.lineno, e.record.text)
+        if inc.attempts == 1 and len(inc.evidence) <= 2:
+            if run.draft_event is not None and inc.kind != "main_model_oom":
+                inc.add_evidence(run.draft_event.record.lineno, run.draft_event.record.text)
+            for e in run.recent_errors[-4:]:
+                inc.add_evidence(e.record.lineno, e.record.text)
         inc.evidence.sort(key=lambda e: e.lineno)
         run.recent_errors.clear()
         inc.hint = hints.for_incident(inc, run)

@@ -1,0 +1,92 @@
+"""Every real log in samples/ gives exactly its expected result (golden files), and agrees with the
+independent judgement written beside it when the log was collected (source.json / meta.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+from watcher.pipeline import Analyzer
+from watcher.samples import golden, sample_logs
+
+LOGS = list(sample_logs(SAMPLES))
+SPEC_KINDS = {"draft_load_failed", "draft_context_failed", "spec_disabled", "spec_unsupported",
+              "draft_incompatible", "spec_runtime_error"}
+
+#: Where specwatch and the collector's judgement differ, and why. Strict xfail: fixing one fails the
+#: test until it is removed from this table.
+KNOWN_DISAGREEMENTS: dict[str, str] = {
+    "llamacpp-pr12603-metal-low-acceptance-annotated":
+        "one task with 13 drafted tokens: too little evidence to call acceptance low (needs 64)",
+    "lms-610-gemma4-mtp-spec-batch-500":
+        "reported as spec_runtime_error: the excerpt shows HTTP 500 batch failures, not a vocabulary check",
+    "lmstudio-2229-mtp-as-plain-draft-spec-batch":
+        "reported as spec_runtime_error: the excerpt shows batch failures at runtime, not a vocabulary check",
+    "ik-llama-2366-dflash-draft-decode-fail":
+        "ik_llama fork wording (DFlash decode failure) not in the catalogue",
+    "llamacpp-24343-llama-cli-mtp-fit-ctx-fail":
+        "the real MTP failure uses the fit probe's 'normal during memory fitting' wording",
+    "lmstudio-2153-mtp-ctx-fail-exit":
+        "the real MTP failure uses the fit probe's 'normal during memory fitting' wording",
+    "llamacpp-24758-gemma4-mtp-ctx-oom-silently-disabled":
+        "a 5-line excerpt: nothing says the failing context is the MTP one, so it reads as the target's",
+}
+
+
+def analyse(cat, log: Path) -> Analyzer:
+    a = Analyzer(cat, source=log.name)
+    a.feed(log.read_bytes())
+    a.finish()
+    return a
+
+
+def test_there_are_samples_of_every_origin() -> None:
+    """The corpus holds the seed, real engine runs and public reports."""
+    origins = {p.parent.name for p in LOGS}
+    assert {"seed", "engine", "public"} <= origins
+    assert len(LOGS) >= 40
+
+
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_sample_matches_golden(cat, log: Path) -> None:
+    """The analysis of each sample equals its reviewed expected file (tools/update_expected.py)."""
+    expected_file = log.with_suffix(".expected.json")
+    assert expected_file.exists(), f"no expected file for {log}; run tools/update_expected.py and review it"
+    assert golden(analyse(cat, log)) == json.loads(expected_file.read_text())
+
+
+def _judgement(log: Path) -> tuple[set[str], str] | None:
+    src = log.with_suffix(".source.json")
+    if src.exists():
+        exp = json.loads(src.read_text()).get("expected", [])
+        return {e["kind"] if isinstance(e, dict) else e for e in exp}, "source.json"
+    meta = log.with_suffix(".meta.json")
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        outcome = m.get("outcome", "")
+        if outcome in ("works", "baseline", "idle"):
+            return set(), f"measured outcome {outcome!r}"
+        return {"*spec"}, f"measured outcome {outcome!r}"
+    return None
+
+
+JUDGED = [p for p in LOGS if _judgement(p) is not None]
+
+
+@pytest.mark.parametrize("log", JUDGED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_sample_agrees_with_independent_judgement(cat, log: Path, request) -> None:
+    """Open incident kinds match what the person who collected the log expected."""
+    if log.stem in KNOWN_DISAGREEMENTS:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[log.stem], strict=True))
+    judged = _judgement(log)
+    assert judged is not None
+    expected, why = judged
+    got = {i.kind for i in analyse(cat, log).incidents() if i.status == "open"}
+    if expected == {"*spec"}:
+        # Engine runs: the server exited, crashed or served degraded; some speculation (or target) incident.
+        assert got & (SPEC_KINDS | {"main_model_oom", "low_acceptance"}), f"{why}: nothing reported"
+    else:
+        assert got == expected, f"{why}: expected {sorted(expected)}, got {sorted(got)}"
