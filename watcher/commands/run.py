@@ -1,0 +1,139 @@
+"""``specwatch run [options] -- COMMAND ARGS...``: supervise a server and refuse to serve degraded."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import BinaryIO, TextIO
+
+from watcher import report
+from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher
+from watcher.environment import Environment
+from watcher.exitstatus import ExitStatus
+from watcher.incidents import Incident
+from watcher.pipe import Passthrough, SideAnalysis
+from watcher.pipeline import Analyzer
+from watcher.sources.child import FAILURE_KINDS, Child, SpecExpectation, forwarding, shell_status, spec_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``run``."""
+    p = sub.add_parser(
+        "run", help="start a server, pass its output through and watch it (or stop it if speculation fails)",
+        description="Start COMMAND, copy its stdout and stderr through unchanged, analyse both, "
+                    "forward SIGINT/SIGTERM/SIGHUP, and exit with its status. With --on-spec-failure=exit a "
+                    "speculation failure stops the child (SIGTERM, SIGKILL after --grace) and specwatch "
+                    "exits 3.",
+        epilog="Example: specwatch run --on-spec-failure=exit -- llama-server -m big.gguf -md small.gguf "
+               "--spec-type draft-simple")
+    p.add_argument("--on-spec-failure", choices=["warn", "exit"], default="warn",
+                   help="warn (default): alert and keep serving; exit: stop the server and exit 3")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between SIGTERM and SIGKILL when stopping the child (default 10)")
+    p.add_argument("--no-summary", dest="quiet_summary", action="store_true",
+                   help="do not print the summary of open incidents when the child exits")
+    add_analysis_options(p)
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
+                   help="the server command line")
+    p.set_defaults(handler=run)
+
+
+class _Binary:
+    """A text stream seen as bytes, for environments whose stderr has no binary buffer (tests)."""
+
+    def __init__(self, text: TextIO) -> None:
+        self.text = text
+
+    def write(self, data: bytes) -> int:
+        self.text.write(data.decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.text.flush()
+
+
+class _Stopper:
+    """A sink that notices the first settled speculation failure."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.fired = threading.Event()
+
+    def incident(self, inc: Incident, change: str) -> None:
+        if change == "opened" and inc.kind in FAILURE_KINDS and not self.fired.is_set():
+            self.reason = f"{inc.kind}: {inc.title}"
+            self.fired.set()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    """Supervise the child; the return value is the child's status, or 3 when specwatch stopped it."""
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("run: give the command after '--', e.g. specwatch run -- llama-server -m model.gguf")
+    if args.grace < 0:
+        raise UsageError("run: --grace must be >= 0")
+    ctx = build_context(args, env)
+    stopper = _Stopper()
+    if args.on_spec_failure == "exit":
+        ctx.sinks.append(stopper)
+    disp = dispatcher(ctx, env)
+    for sink in ctx.sinks:  # sinks that also produce incidents (the --probe poller) need the dispatcher
+        attach = getattr(sink, "attach", None)
+        if attach is not None:
+            attach(disp)
+    source = args.source or argv[0].rsplit("/", 1)[-1]
+    spec = spec_args(argv)
+    analyzer = Analyzer(ctx.catalogue, source=source, settings=ctx.settings, on_incident=disp.changed)
+    expect = SpecExpectation(spec, analyzer.stream, disp.changed)
+
+    def on_event(ev: object) -> None:
+        expect.event(ev)  # type: ignore[arg-type]
+        disp.event(ev)  # type: ignore[arg-type]
+
+    analyzer.on_event = on_event
+
+    def tick() -> None:
+        expect.check()
+        disp.tick()
+
+    def on_skip(_n: int) -> None:
+        env.stderr.write("specwatch: analysis fell behind; skipping input (output is unaffected)\n")
+
+    def on_error(exc: BaseException) -> None:
+        env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); "
+                         "output is unaffected\n")
+
+    side = SideAnalysis(analyzer, tick, on_skip, on_error)
+    err_bin: BinaryIO = getattr(env.stderr, "buffer", None) or _Binary(env.stderr)  # type: ignore[assignment]
+    try:
+        child = Child(argv, Passthrough(env.stdout), Passthrough(err_bin), side.put)
+    except OSError as exc:
+        side.close()
+        disp.close()
+        raise UsageError(f"run: cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    stopped = False
+    with forwarding(child):
+        while True:
+            rc = child.poll(0.1)
+            if rc is not None:
+                break
+            if stopper.fired.is_set():
+                stopped = True
+                rc = child.stop(args.grace)
+                break
+    child.drain()
+    side.close()
+    expect.check(final=True)
+    disp.close()
+    if not args.quiet_summary:
+        env.stderr.write(report.summary(analyzer.incidents(), env.colour))
+    if stopped:
+        env.stderr.write(f"specwatch: stopped {argv[0]} (pid {child.pid}): {stopper.reason}\n")
+        env.stderr.flush()
+        return int(ExitStatus.SPEC_FAILURE)
+    return shell_status(rc)

@@ -1,0 +1,1 @@
+"""Log sources other than stdin and files: a supervised child process."""
