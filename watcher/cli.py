@@ -16,6 +16,7 @@ from watcher.exitstatus import ExitStatus
 COMMANDS = [
     "watcher.commands.scan",
     "watcher.commands.patterns",
+    "watcher.commands.run",
 ]
 
 
