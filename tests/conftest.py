@@ -17,6 +17,16 @@ SAMPLES = ROOT / "samples"
 SEED = SAMPLES / "seed" / "lmstudio-280-draft-kv-oom.log"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's real state directory or config."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("SPECWATCH_STATE_DIR", str(state))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(state / "config"))
+    monkeypatch.delenv("SPECWATCH_NOTIFY", raising=False)
+    monkeypatch.delenv("SPECWATCH_CONFIG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def cat() -> catalogue.Catalogue:
     """The shipped catalogue, loaded once."""
@@ -39,7 +49,10 @@ class Result:
 def cli(*argv: str, stdin: bytes = b"", environ: dict[str, str] | None = None, tty: bool = False) -> Result:
     """Run ``specwatch`` in-process with an injected environment (httpie's MockEnvironment idea)."""
     out, err = io.BytesIO(), io.StringIO()
-    env = Environment(stdin=io.BytesIO(stdin), stdout=out, stderr=err, environ=environ or {"NO_COLOR": "1"},
+    import os
+
+    base = {"NO_COLOR": "1", "SPECWATCH_STATE_DIR": os.environ.get("SPECWATCH_STATE_DIR", "")}
+    env = Environment(stdin=io.BytesIO(stdin), stdout=out, stderr=err, environ={**base, **(environ or {})},
                       stdin_isatty=tty, stderr_isatty=False)
     status = run(list(argv), env)
     return Result(int(status), out.getvalue(), err.getvalue())

@@ -23,27 +23,33 @@ NOISE = re.compile(r"llama_model_loader: - kv|print_info:|- type\s+\w+:|load: co
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``patterns``."""
+    """Register ``patterns`` with its actions ``list`` (the default) and ``test``."""
     p = sub.add_parser("patterns", help="list the pattern catalogue, or test it against a log",
                        description="'patterns' lists the catalogue; 'patterns test FILE' shows which lines match "
                                    "which pattern and which relevant-looking lines match none.")
-    p.add_argument("action", nargs="?", choices=["list", "test"], default="list")
-    p.add_argument("file", nargs="?", type=Path, help="log file for 'test'")
+    _common_options(p)
+    p.set_defaults(handler=run, action="list")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    ls = actions.add_parser("list", help="list every pattern (default)")
+    _common_options(ls)
+    t = actions.add_parser("test", help="show which lines of FILE match which pattern, and which match none")
+    t.add_argument("file", type=Path, help="log file")
+    t.add_argument("--matched", action="store_true", help="also print every matched line")
+    _common_options(t)
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patterns", type=Path, action="append", default=[], metavar="PATH",
                    help="extra pattern file or directory (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--matched", action="store_true", help="with 'test': also print every matched line")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """List or test."""
     catalogue = load_catalogue(args.patterns)
-    if args.action == "list":
-        return _list(catalogue, args, env)
-    if args.file is None:
-        raise UsageError("patterns test needs a FILE")
-    return _test(Classifier(catalogue), args, env)
+    if args.action == "test":
+        return _test(Classifier(catalogue), args, env)
+    return _list(catalogue, args, env)
 
 
 def _out(env: Environment, text: str) -> None:

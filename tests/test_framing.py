@@ -1,0 +1,94 @@
+"""Framing: any split of any byte stream gives the same records; the prefilter never drops a line
+that holds an anchor; absurd input is survived."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher.framing import Framer, LineSelector
+
+ANCHORS = ["draft", "speculative", "MiB", "failed to"]
+SELECTOR = LineSelector(ANCHORS)
+WORDS = [b"draft", b"speculative", b"MiB", b"failed to", b"slot", b"\x1b[31m", b"\xff\xfe", b"\x00", b" ", b"x",
+         b"\r", b"\r\n", b"\n", b"caf\xc3\xa9"]
+
+
+def records(framer: Framer, chunks: list[bytes]) -> list[tuple[int, str]]:
+    out = []
+    for c in chunks:
+        out.extend((r.lineno, r.text) for r in framer.feed(c))
+    out.extend((r.lineno, r.text) for r in framer.flush())
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    parts, last = [], 0
+    for p in points:
+        parts.append(data[last:p])
+        last = p
+    parts.append(data[last:])
+    return parts
+
+
+streams = st.lists(st.sampled_from(WORDS), max_size=60).map(b"".join)
+
+
+class TestSplitting:
+    @settings(max_examples=300)
+    @given(streams, st.lists(st.integers(min_value=0), max_size=12))
+    def test_chunking_does_not_change_records(self, data: bytes, cuts: list[int]) -> None:
+        """Feeding a stream in one piece or cut anywhere yields identical records."""
+        whole = records(Framer(SELECTOR), [data])
+        pieces = records(Framer(SELECTOR), split(data, cuts))
+        assert whole == pieces
+
+    @settings(max_examples=300)
+    @given(streams)
+    def test_prefilter_keeps_every_anchor_line(self, data: bytes) -> None:
+        """With the prefilter, exactly the lines (CR pieces) holding an anchor come out, same as unfiltered."""
+        unfiltered = records(Framer(None), [data])
+        expected = [(n, t) for n, t in unfiltered if any(a in t for a in ANCHORS)]
+        assert records(Framer(SELECTOR), [data]) == expected
+
+    @given(streams)
+    def test_line_numbers_count_newlines(self, data: bytes) -> None:
+        """Line numbers are 1-based positions among LF-terminated lines."""
+        f = Framer(None)
+        recs = records(f, [data])
+        lines = data.split(b"\n")
+        for n, _ in recs:
+            assert 1 <= n <= len(lines)
+
+
+class TestHostileInput:
+    def test_crlf_and_lone_cr(self) -> None:
+        """CRLF loses its CR; a lone CR separates records within one line number."""
+        got = records(Framer(None), [b"a draft\r\nb\rc draft\n"])
+        assert got == [(1, "a draft"), (2, "b"), (2, "c draft")]
+
+    def test_ansi_colours_are_stripped(self) -> None:
+        """Coloured llama.cpp output is matched as plain text."""
+        got = records(Framer(SELECTOR), [b"\x1b[1;31mE failed to load draft model\x1b[0m\n"])
+        assert got == [(1, "E failed to load draft model")]
+
+    def test_invalid_utf8_and_nul(self) -> None:
+        """Invalid bytes decode to U+FFFD instead of raising."""
+        got = records(Framer(SELECTOR), [b"\xff\x00 draft \xc3\n"])
+        assert got == [(1, "\ufffd\x00 draft \ufffd")]
+
+    def test_overlong_line_is_capped_and_later_lines_survive(self) -> None:
+        """A line longer than the cap is cut, and the line after it is still found."""
+        f = Framer(SELECTOR, max_line=1024)
+        chunks = [b"draft " + b"x" * 5000, b"y" * 100_000, b"\nfailed to load\n"]
+        got = records(f, chunks)
+        assert got[0][0] == 1 and got[0][1].startswith("draft ") and len(got[0][1]) <= 1024
+        assert got[-1] == (2, "failed to load")
+        assert f.truncated_lines == 1
+
+    def test_cr_only_stream_is_split_at_cr(self) -> None:
+        """A progress display that never writes LF is still cut into records."""
+        f = Framer(SELECTOR, max_line=64)
+        got = records(f, [b"progress 10%\r" * 20 + b"draft failed to load\r" + b"progress\r" * 20])
+        assert any("draft failed to load" in t for _, t in got)

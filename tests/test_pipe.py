@@ -1,0 +1,144 @@
+"""Pipe mode: every byte passes through unchanged whatever it is, alerts go to stderr, and a vanished
+reader downstream never turns into SIGPIPE for the server upstream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT, SEED, cli
+
+SPECWATCH = [sys.executable, "-m", "watcher"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+
+
+class TestPassthrough:
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(max_size=4096))
+    def test_any_bytes_pass_through_unchanged(self, data: bytes) -> None:
+        """stdout is byte-identical to stdin for arbitrary input."""
+        r = cli(stdin=data)
+        assert r.status == 0
+        assert r.stdout == data
+
+    def test_seed_log_passes_through_and_alerts_on_stderr(self) -> None:
+        """The seed log comes out unchanged on stdout; the banner and summary are on stderr only."""
+        data = SEED.read_bytes()
+        p = subprocess.run(SPECWATCH, input=data, capture_output=True, env=ENV, timeout=60)
+        assert p.returncode == 0
+        assert p.stdout == data
+        err = p.stderr.decode()
+        assert "SPECWATCH CRITICAL: Speculative decoding OFF: draft Qwen3-30B-A3B-Instruct-2507-Q3_K_L.gguf out of " \
+               "memory on CUDA1 (7168 MiB), slots 0-3" in err
+        assert "open incident(s) at exit" in err
+        assert b"SPECWATCH" not in p.stdout
+
+    def test_exit_status_flag(self) -> None:
+        """--exit-status makes open incidents at EOF exit 1; without it the pipe exits 0."""
+        r = cli("--exit-status", stdin=SEED.read_bytes())
+        assert r.status == 1
+
+    def test_hundred_megabyte_line_without_newline(self) -> None:
+        """A 100 MB line with no newline passes through whole; specwatch neither crashes nor balloons."""
+        size = 100 * 1024 * 1024
+        p = subprocess.Popen([*SPECWATCH, "--no-summary"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=ENV)
+        block = b"draft " + b"x" * (1024 * 1024 - 6)
+
+        def feed() -> None:
+            assert p.stdin is not None
+            for _ in range(size // len(block)):
+                p.stdin.write(block)
+            p.stdin.close()
+
+        import threading
+
+        t = threading.Thread(target=feed)
+        t.start()
+        assert p.stdout is not None
+        received = 0
+        while chunk := p.stdout.read(1 << 20):
+            received += len(chunk)
+        t.join()
+        assert p.wait(timeout=60) == 0
+        assert received == size
+
+
+class TestDownstreamGoesAway:
+    def test_upstream_keeps_writing_after_reader_exits(self) -> None:
+        """After `| head` exits, specwatch keeps reading (no SIGPIPE upstream) and still alerts."""
+        p = subprocess.Popen(SPECWATCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=ENV)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"first line\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"first line\n"
+        p.stdout.close()  # the downstream reader is gone
+        # The writer (the "server") must be able to keep writing: a broken specwatch would exit and make
+        # these writes fail with EPIPE.
+        for _ in range(200):
+            p.stdin.write(b"filler line of a busy server\n" * 100)
+        p.stdin.write(SEED.read_bytes())
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+        assert p.stderr is not None
+        assert b"draft_context_failed" in p.stderr.read()
+
+    def test_sigpipe_is_not_raised_by_a_closed_stdout(self) -> None:
+        """specwatch does not die of SIGPIPE when its stdout closes."""
+        p = subprocess.Popen(SPECWATCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             env=ENV)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdout.close()
+        for _ in range(50):
+            p.stdin.write(b"x" * 65536)
+        p.stdin.close()
+        assert p.wait(timeout=30) != -signal.SIGPIPE
+
+
+class TestLiveLatency:
+    def test_a_line_comes_out_before_the_next_one_is_written(self) -> None:
+        """Passthrough is line by line: no buffering waits for more input."""
+        p = subprocess.Popen([*SPECWATCH, "--no-summary"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=ENV)
+        assert p.stdin is not None and p.stdout is not None
+        for i in range(5):
+            line = f"line {i}\n".encode()
+            p.stdin.write(line)
+            p.stdin.flush()
+            assert p.stdout.readline() == line
+        p.stdin.close()
+        assert p.wait(timeout=30) == 0
+
+    def test_banner_appears_while_the_server_is_still_running(self) -> None:
+        """The alert is printed once the failure burst settles, without waiting for EOF."""
+        p = subprocess.Popen(SPECWATCH, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=ENV)
+        assert p.stdin is not None and p.stderr is not None
+        p.stdin.write(SEED.read_bytes())
+        p.stdin.flush()
+        os.set_blocking(p.stderr.fileno(), False)
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"SPECWATCH CRITICAL" not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+            seen += p.stderr.read() or b""
+        assert b"SPECWATCH CRITICAL" in seen
+        p.stdin.close()
+        p.wait(timeout=30)
+
+
+def test_bad_config_still_passes_everything_through(tmp_path) -> None:
+    """A broken config file is reported on stderr, and the server's output flows on regardless."""
+    conf = tmp_path / "c.toml"
+    conf.write_text("[analysis]\nlow_acceptance = 7\n")
+    r = cli("--config", str(conf), stdin=b"hello\n")
+    assert r.stdout == b"hello\n"
+    assert r.status == 2
+    assert "low_acceptance" in r.stderr and ":2:" in r.stderr
