@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from watcher import report
+from watcher import metrics, report
 from watcher.commands._common import build_context, dispatcher
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     disp = dispatcher(ctx, env)
     analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
                         on_event=disp.event, on_incident=disp.changed)
+    metrics.register(analyzer)
     warned = []
 
     def on_skip(n: int) -> None:

@@ -1,0 +1,405 @@
+"""Prometheus metrics over HTTP (``--metrics-listen``): incidents, speculation state, lines, deliveries.
+
+Nothing is counted on the pipe's hot path. Speculation state, acceptance and line counts are read
+from the live analyzers when Prometheus scrapes (a custom collector); incident counters move only
+when the dispatcher hands over a settled change; the "unmatched relevant line" check runs only on
+the few lines the prefilter already selected (see ``_CountingClassifier``).
+
+Label values are bounded on purpose, so a year of restarts does not grow the series count:
+``source`` is a short stable name (no directories, no dates or long numbers), ``server`` is the
+target model's file name, ``slot`` a slot number, ``target`` a notification target without its
+secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from watcher import __version__
+from watcher import config as cfg
+from watcher.classify import Classifier
+from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
+from watcher.commands.patterns import NOISE, RELEVANT
+from watcher.environment import Environment
+from watcher.events import Event, Record
+from watcher.incidents import KINDS, SEVERITIES, Incident, basename
+from watcher.pipeline import Analyzer
+from watcher.state import Run
+
+DEFAULT_HOST = "127.0.0.1"
+
+#: Schemes whose host part is a network address, not a token (apprise's slack://TokenA/... is not).
+_HOST_IS_ADDRESS = {"alertmanager", "alertmanagers", "json", "jsons", "xml", "xmls", "form", "forms",
+                    "gotify", "gotifys", "mailto", "mailtos", "http", "https"}
+_DATEISH = re.compile(r"[-_.]?\d[\d\-_.:T]{3,}\d")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]+")
+
+cfg.SCHEMA.setdefault("metrics", {
+    "listen": ((str,), "HOST:PORT to serve Prometheus metrics on (same as --metrics-listen)"),
+    "allow_remote": ((bool,), "allow a non-loopback metrics address (same as --metrics-allow-remote)"),
+})
+
+
+# -- label hygiene ------------------------------------------------------------------------------------
+def source_label(name: str) -> str:
+    """A short stable name for a log source: the file name without dates, pids or task numbers."""
+    base = basename(name) or name or "-"
+    short = _DATEISH.sub("", base).strip("-_.") or base
+    return _UNSAFE.sub("_", short)[:64]
+
+
+def server_label(model: str | None) -> str:
+    """The target model's file name, the natural name of one inference server."""
+    return _UNSAFE.sub("_", basename(model))[:96] or "unknown"
+
+
+def target_label(url: str) -> str:
+    """A notification target as a label: scheme and address, or scheme and a short hash of the rest.
+
+    Never the user, password, path or query, where apprise URLs keep their tokens.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower() or "unknown"
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        scheme, host, port = "unknown", "", None
+    if scheme in _HOST_IS_ADDRESS and host:
+        return f"{scheme}://{host}{f':{port}' if port else ''}"
+    digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{scheme}://#{digest}"
+
+
+# -- listen address ---------------------------------------------------------------------------------
+def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT``; a non-loopback host needs ``allow_remote``."""
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise UsageError(f"--metrics-listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9808") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--metrics-listen {value!r}: port out of range")
+    if not allow_remote and not _is_loopback(host):
+        raise UsageError(f"--metrics-listen {value!r}: {host} is not a loopback address; metrics "
+                         f"reveal model names and failures, so add --metrics-allow-remote to serve them to the network")
+    return host, port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- what is counted --------------------------------------------------------------------------------
+class _CountingClassifier:
+    """Wraps an analyzer's classifier to count prefiltered lines that look relevant but match nothing.
+
+    The prefilter only lets through lines holding a catalogue anchor, so this counts exactly those:
+    a line that carries a known word (``draft``, ``failed to``, ``speculative`` ...) and the RELEVANT
+    vocabulary of ``specwatch patterns test``, yet no pattern. New wording around a known anchor is
+    the usual way a llama.cpp release breaks a pattern; lines with no anchor at all are never looked
+    at in pipe mode (that is the prefilter's whole point) - ``specwatch patterns test FILE`` finds them.
+    """
+
+    def __init__(self, inner: Classifier, counts: _SourceCounts) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    def classify(self, record: Record) -> Event | None:
+        """Classify as before; count the relevant-looking misses."""
+        ev = self.inner.classify(record)
+        if ev is None and RELEVANT.search(record.text) and not NOISE.search(record.text):
+            self.counts.unmatched += 1
+        return ev
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class _SourceCounts:
+    """Counters of one source name that survive its analyzer being replaced (file rotation, restart)."""
+
+    unmatched: int = 0
+    lines_before: int = 0
+    drafted_before: dict[str, int] = field(default_factory=dict)
+    accepted_before: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics:
+    """The registry, the live analyzers, and the counters the sinks and deliveries move."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._analyzers: dict[str, Analyzer] = {}
+        self._counts: dict[str, _SourceCounts] = {}
+        self._incidents: dict[int, tuple[str, str, str]] = {}  # id(inc) -> kind, severity, status
+        self._opened: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._deliveries: dict[tuple[str, str], int] = {}
+        self.registry.register(cast(Any, _Collector(self)))
+
+    def register(self, analyzer: Analyzer, name: str | None = None) -> str:
+        """Export ``analyzer``'s state under a source label; a new analyzer of the same name continues it."""
+        label = source_label(name or analyzer.source)
+        with self._lock:
+            counts = self._counts.setdefault(label, _SourceCounts())
+            old = self._analyzers.get(label)
+            if old is not None and old is not analyzer:
+                counts.lines_before += old.lines
+                for server, (drafted, accepted) in _tokens(old).items():
+                    counts.drafted_before[server] = counts.drafted_before.get(server, 0) + drafted
+                    counts.accepted_before[server] = counts.accepted_before.get(server, 0) + accepted
+            self._analyzers[label] = analyzer
+        if not isinstance(analyzer.classifier, _CountingClassifier):
+            analyzer.classifier = cast(Classifier, _CountingClassifier(analyzer.classifier, counts))
+        return label
+
+    def incident(self, inc: Incident, change: str) -> None:
+        """Sink: count openings, track what is open."""
+        with self._lock:
+            if change == "opened":
+                self._opened[inc.kind] = self._opened.get(inc.kind, 0) + 1
+            self._incidents[id(inc)] = (inc.kind, inc.severity, inc.status)
+
+    def delivery(self, target: str, ok: bool) -> None:
+        """One delivery attempt to a notification target (the URL is reduced by ``target_label``)."""
+        key = (target_label(target), "ok" if ok else "failed")
+        with self._lock:
+            self._deliveries[key] = self._deliveries.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family, read from the live state (called by the scrape thread)."""
+        with self._lock:
+            analyzers = dict(self._analyzers)
+            counts = {k: (v.unmatched, v.lines_before, dict(v.drafted_before), dict(v.accepted_before))
+                      for k, v in self._counts.items()}
+            incidents = list(self._incidents.values())
+            opened = dict(self._opened)
+            deliveries = dict(self._deliveries)
+
+        info = GaugeMetricFamily("specwatch_build_info", "specwatch version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        open_now = GaugeMetricFamily("specwatch_incidents_open", "Incidents open now, by kind and severity",
+                                     labels=["kind", "severity"])
+        n_open: dict[tuple[str, str], int] = {(k, s): 0 for k in KINDS for s in SEVERITIES}
+        for kind, severity, status in incidents:
+            if status == "open":
+                n_open[(kind, severity)] = n_open.get((kind, severity), 0) + 1
+        for (kind, severity), n in sorted(n_open.items()):
+            open_now.add_metric([kind, severity], n)
+        yield open_now
+
+        total = CounterMetricFamily("specwatch_incidents", "Incidents opened since start, by kind",
+                                    labels=["kind"])
+        for kind, n in sorted(opened.items()):
+            total.add_metric([kind], n)
+        yield total
+
+        lines = CounterMetricFamily("specwatch_lines", "Log lines read", labels=["source"])
+        unmatched = CounterMetricFamily(
+            "specwatch_unmatched_relevant_lines",
+            "Prefiltered lines that look like trouble (RELEVANT words, not NOISE) but match no pattern",
+            labels=["source"])
+        requested = GaugeMetricFamily("specwatch_speculation_requested",
+                                      "1 when the server's latest load asked for speculation (a draft, an "
+                                      "MTP head, a speculative type, or a previous load that speculated)",
+                                      labels=["source", "server"])
+        active = GaugeMetricFamily("specwatch_speculation_active",
+                                   "1 when the slot decodes speculatively, 0 when it does not or is unknown",
+                                   labels=["source", "server", "slot"])
+        ratio = GaugeMetricFamily("specwatch_draft_acceptance_ratio",
+                                  "Accepted / drafted tokens of the server's latest load",
+                                  labels=["source", "server"])
+        drafted = CounterMetricFamily("specwatch_draft_tokens_drafted", "Draft tokens proposed",
+                                      labels=["source", "server"])
+        accepted = CounterMetricFamily("specwatch_draft_tokens_accepted", "Draft tokens accepted",
+                                       labels=["source", "server"])
+        for label, analyzer in sorted(analyzers.items()):
+            n_unmatched, lines_before, drafted_before, accepted_before = counts.get(label, (0, 0, {}, {}))
+            lines.add_metric([label], lines_before + analyzer.lines)
+            unmatched.add_metric([label], n_unmatched)
+            for server, run in _latest_runs(analyzer).items():
+                requested.add_metric([label, server], 1 if run.spec_requested or run.spec_expected else 0)
+                for slot, on in _slot_states(run):
+                    active.add_metric([label, server, slot], on)
+                if run.drafted:
+                    ratio.add_metric([label, server], run.accepted / run.drafted)
+            tokens = _tokens(analyzer)
+            for server in sorted(set(tokens) | set(drafted_before)):
+                d, a = tokens.get(server, (0, 0))
+                drafted.add_metric([label, server], d + drafted_before.get(server, 0))
+                accepted.add_metric([label, server], a + accepted_before.get(server, 0))
+        yield from (lines, unmatched, requested, active, ratio, drafted, accepted)
+
+        sent = CounterMetricFamily("specwatch_notifications",
+                                   "Notification delivery attempts, by target and outcome",
+                                   labels=["target", "outcome"])
+        for (target, outcome), n in sorted(deliveries.items()):
+            sent.add_metric([target, outcome], n)
+        yield sent
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics.collect()
+
+
+def _runs(analyzer: Analyzer) -> list[Run]:
+    # The analysis thread may append a run while we scrape; a copy of a list is atomic under the GIL.
+    return list(analyzer.stream.runs)
+
+
+def _latest_runs(analyzer: Analyzer) -> dict[str, Run]:
+    """The newest run of each server (target model) of a source."""
+    latest: dict[str, Run] = {}
+    for run in _runs(analyzer):
+        latest[server_label(run.target_model)] = run
+    return latest
+
+
+def _slot_states(run: Run) -> list[tuple[str, int]]:
+    """(slot, 1/0) for each slot; a run whose slots are unknown reports one ``all`` series."""
+    speculating = run.speculation == "on"
+    for _ in range(3):
+        try:
+            slots = sorted(run.slots.values(), key=lambda s: s.id)
+            break
+        except RuntimeError:  # the dict grew under us; try again
+            continue
+    else:
+        slots = []
+    if not slots:
+        return [("all", 1 if speculating else 0)]
+    out = []
+    for s in slots:
+        on = s.speculative == "on" or (s.speculative == "unknown" and speculating)
+        out.append((str(s.id), 1 if on else 0))
+    return out
+
+
+def _tokens(analyzer: Analyzer) -> dict[str, tuple[int, int]]:
+    """Drafted and accepted tokens per server, summed over the source's runs."""
+    out: dict[str, tuple[int, int]] = {}
+    for run in _runs(analyzer):
+        if run.drafted or run.accepted:
+            d, a = out.get(server_label(run.target_model), (0, 0))
+            out[server_label(run.target_model)] = (d + run.drafted, a + run.accepted)
+    return out
+
+
+# -- the sink and the module-level API ----------------------------------------------------------
+_ACTIVE: Metrics | None = None
+
+
+class MetricsSink:
+    """The dispatcher's view of the metrics: counts incidents; ``close`` stops the HTTP server."""
+
+    def __init__(self, metrics: Metrics, server: Any = None, thread: threading.Thread | None = None) -> None:
+        self.metrics = metrics
+        self.server = server
+        self.thread = thread
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the endpoint listens (the real port when 0 was asked for)."""
+        if self.server is None:
+            return None
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def incident(self, inc: Incident, change: str) -> None:
+        """Count the change."""
+        self.metrics.incident(inc, change)
+
+    def close(self) -> None:
+        """Stop serving."""
+        global _ACTIVE
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        if _ACTIVE is self.metrics:
+            _ACTIVE = None
+
+
+def start(host: str, port: int) -> MetricsSink:
+    """Serve a fresh registry on ``host:port`` and make it the one ``register``/``delivery`` feed."""
+    global _ACTIVE
+    metrics = Metrics()
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    _ACTIVE = metrics
+    return MetricsSink(metrics, server, thread)
+
+
+def register(analyzer: Analyzer, name: str | None = None) -> None:
+    """Export an analyzer's live state; a no-op without ``--metrics-listen``. Call once per analyzer."""
+    if _ACTIVE is not None:
+        _ACTIVE.register(analyzer, name)
+
+
+def delivery(target: str, ok: bool) -> None:
+    """Count one delivery attempt to ``target`` (a URL; secrets are dropped here); no-op without metrics."""
+    if _ACTIVE is not None:
+        _ACTIVE.delivery(target, ok)
+
+
+def active() -> Metrics | None:
+    """The metrics being served, if any."""
+    return _ACTIVE
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """``--metrics-listen`` and ``--metrics-allow-remote`` on every analysing command."""
+    g = p.add_argument_group("metrics")
+    g.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
+                        "--metrics-allow-remote; port 0 picks a free port)")
+    g.add_argument("--metrics-allow-remote", action="store_true",
+                   help="allow a --metrics-listen address other than loopback")
+
+
+def sink_from_args(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> MetricsSink | None:
+    """Start the endpoint when asked for; a busy port is a warning, not a reason to stop watching."""
+    listen = getattr(args, "metrics_listen", None) or conf.get("metrics", "listen")
+    if not listen:
+        return None
+    allow = bool(getattr(args, "metrics_allow_remote", False) or conf.get("metrics", "allow_remote", False))
+    host, port = parse_listen(listen, allow)
+    try:
+        sink = start(host, port)
+    except OSError as exc:
+        env.stderr.write(f"specwatch: metrics disabled: cannot listen on {listen}: {exc.strerror or exc}\n")
+        return None
+    where = sink.address
+    if where is not None:
+        shown = f"[{where[0]}]" if ":" in where[0] else where[0]
+        env.stderr.write(f"specwatch: metrics on http://{shown}:{where[1]}/metrics\n")
+    return sink
+
+
+OPTION_HOOKS.append(add_options)
+SINK_FACTORIES.append(sink_from_args)
