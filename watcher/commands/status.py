@@ -1,0 +1,125 @@
+"""``specwatch status``, ``ack`` and ``history``: the incidents a person has not dealt with yet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from watcher.environment import Environment
+from watcher.exitstatus import ExitStatus
+from watcher.notify import sink as notify_sink
+from watcher.notify.outbox import Outbox
+from watcher.store import AmbiguousIdError, Store
+
+from ._common import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``status``, ``ack`` and ``history``."""
+    p = sub.add_parser("status", help="show open incidents (exit 1 when some are open)",
+                       description="Open and acknowledged incidents in the store. Exit status 0 when none are "
+                                   "open, 1 when some are (acknowledged ones do not count).")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    _state(p)
+    p.set_defaults(handler=run_status)
+    a = sub.add_parser("ack", help="acknowledge incidents: stops their repeats",
+                       description="Acknowledge open incidents by id (or a unique prefix, as status prints it).")
+    a.add_argument("ids", nargs="*", metavar="ID", help="incident id or unique prefix")
+    a.add_argument("--all", action="store_true", help="acknowledge every open incident")
+    a.add_argument("--note", default="", metavar="TEXT", help="why, for the history")
+    _state(a)
+    a.set_defaults(handler=run_ack)
+    h = sub.add_parser("history", help="recent incident transitions",
+                       description="Opened, repeated, acknowledged, reopened and resolved incidents, newest first.")
+    h.add_argument("--limit", type=int, default=50, metavar="N", help="at most N lines (default 50)")
+    h.add_argument("--since", type=float, metavar="HOURS", help="only the last HOURS hours")
+    h.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    _state(h)
+    h.set_defaults(handler=run_history)
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="where the incident store lives (default: $SPECWATCH_STATE_DIR or the user state dir)")
+
+
+def _open(args: argparse.Namespace, env: Environment) -> Store:
+    try:
+        return Store.open(notify_sink.db_path(args, env))
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"incident store: {exc}") from exc
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def run_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Print the table or JSON; exit 1 when open incidents exist."""
+    store = _open(args, env)
+    try:
+        rows = store.open_incidents()
+    finally:
+        store.close()
+    if args.json:
+        env.stdout.write((json.dumps([r.as_dict() for r in rows], indent=2) + "\n").encode())
+    elif not rows:
+        env.stdout.write(b"no open incidents\n")
+    else:
+        lines = [f"{'ID':8}  {'STATUS':12}  {'SEVERITY':8}  {'COUNT':>5}  {'LAST SEEN':16}  TITLE"]
+        for r in rows:
+            lines.append(f"{r.key[:8]}  {r.status:12}  {r.severity:8}  {r.count:>5}  {_when(r.last_seen):16}  "
+                         f"{r.title}")
+            if r.status == "acknowledged" and r.ack_note:
+                lines.append(f"{'':8}  note: {r.ack_note}")
+        env.stdout.write(("\n".join(lines) + "\n").encode())
+    return ExitStatus.INCIDENTS if any(r.status == "open" for r in rows) else ExitStatus.OK
+
+
+def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Acknowledge by id or ``--all``; stops repeats."""
+    if bool(args.ids) == bool(args.all):
+        raise UsageError("ack: give incident ids or --all (not both)")
+    store = _open(args, env)
+    try:
+        keys: list[str] | None = None
+        if args.ids:
+            keys = []
+            for ident in args.ids:
+                try:
+                    key = store.resolve_id(ident)
+                except AmbiguousIdError as exc:
+                    raise UsageError(str(exc)) from exc
+                if key is None:
+                    raise UsageError(f"ack: no incident with id {ident} (see specwatch status)")
+                keys.append(key)
+        done = store.acknowledge(keys, args.note, env.clock())
+        outbox = Outbox(store)
+        for k in done:
+            outbox.cancel_repeats(k)
+            inc = store.get(k)
+            env.stdout.write(f"acknowledged {k[:8]}  {inc.title if inc else ''}\n".encode())
+    finally:
+        store.close()
+    if not done:
+        env.stdout.write(b"nothing to acknowledge (no matching open incident)\n")
+    return ExitStatus.OK
+
+
+def run_history(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Recent transitions, newest first."""
+    store = _open(args, env)
+    try:
+        since = env.clock() - args.since * 3600 if args.since is not None else None
+        rows = store.history(args.limit, since)
+    finally:
+        store.close()
+    out = []
+    for at, key, what, note, title in rows:
+        if args.json:
+            out.append(json.dumps({"at": at, "id": key, "what": what, "note": note, "title": title}))
+        else:
+            out.append(f"{_when(at)}  {key[:8]}  {what:12}  {title}" + (f"  ({note})" if note else ""))
+    env.stdout.write(("\n".join(out) + "\n").encode() if out else b"no history\n")
+    return ExitStatus.OK

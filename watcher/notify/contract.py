@@ -1,0 +1,71 @@
+"""How a first-party apprise plugin (the desktop notifier, the Alertmanager target) receives structured data.
+
+Every message goes through apprise, so there is one dispatcher for every target; apprise hands a plugin only
+``title`` and ``body``. The worker therefore sets :data:`CURRENT` around each ``Apprise.notify`` call to a
+:class:`Delivery` describing exactly what the message is about. apprise runs plugins either in the calling
+thread or in its thread pool through ``contextvars.copy_context().run``, so a plugin reads it with
+:func:`current` from inside its ``send``/decorated function::
+
+    from watcher.notify.contract import current
+
+    @apprise.decorators.notify(on="my-scheme")
+    def send(body, title, notify_type, meta, *args, **kwargs):
+        d = current()
+        if d is None:            # called outside specwatch (apprise CLI): plain title/body only
+            ...
+        for item in d.items:     # one per incident in this (possibly grouped) message
+            item["message"]      # "opened" | "repeat" | "resolved" | "test"
+            item["id"], item["kind"], item["severity"], item["status"], item["title"], item["hint"],
+            item["host"], item["source"], item["slots"], item["evidence"] (list of {"line", "text"}),
+            item["count"], item["first_seen"], item["last_seen"] (Unix seconds), item["generation"]
+        d.acknowledge(["<id>", ...], "note")   # acknowledge in the store (e.g. from a button); returns ids changed
+        return True              # delivered; False or an exception -> the outbox retries with backoff
+
+Fields are those of ``StoredIncident.as_dict()`` plus ``message``. Evidence is already capped (a few matched log
+lines, never prompt or completion text) and ``title``/``body`` are already redacted and length-capped; a plugin
+must apply ``d.redact`` to anything else it emits (errors, logs). A plugin must be idempotent per
+``(d.target_id, item["id"], item["generation"], item["message"])``: the outbox delivers at least once across a
+crash (the window is between the target's reply and the commit that marks the row sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _no_ack(keys: Sequence[str], note: str) -> list[str]:  # noqa: ARG001 - same signature as the real one
+    return []
+
+
+def _same(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message being delivered to one target."""
+
+    target_id: str
+    title: str
+    body: str
+    severity: str
+    items: tuple[dict[str, Any], ...] = ()
+    acknowledge: Callable[[Sequence[str], str], list[str]] = field(default=_no_ack)
+    redact: Callable[[str], str] = field(default=_same)
+
+    @property
+    def kind(self) -> str:
+        """``opened``, ``repeat``, ``resolved`` or ``test`` when all items agree, else ``mixed``."""
+        kinds = {str(i.get("message")) for i in self.items}
+        return kinds.pop() if len(kinds) == 1 else ("test" if not kinds else "mixed")
+
+
+CURRENT: ContextVar[Delivery | None] = ContextVar("specwatch_delivery", default=None)
+
+
+def current() -> Delivery | None:
+    """The delivery in progress, or None when apprise is called outside specwatch's worker."""
+    return CURRENT.get()

@@ -1,0 +1,152 @@
+"""The first-party desktop notifier, registered with apprise as ``specwatch-desktop://``.
+
+apprise's own desktop schemes cannot keep an alert up (``dbus://`` always asks for a 13 s expiry and needs OS
+Python bindings). On Linux and the BSDs this plugin speaks the freedesktop Notifications protocol with jeepney
+(pure Python, works from a ``pipx install``): critical urgency for critical incidents, ``expire_timeout = 0``
+so the bubble stays until dismissed, one bubble per incident group updated in place through ``replaces_id``
+(repeats and the resolved message replace it instead of stacking), and an **Acknowledge** action that
+acknowledges the incidents in the store. Actions arrive as ``ActionInvoked`` signals on the connection that
+sent the notification, so this process keeps one connection and a listener thread for its lifetime: the
+button works while the specwatch process that showed the bubble runs (a pipe, ``watch`` or ``run``).
+
+On macOS and Windows it uses desktop-notifier (critical urgency, an Acknowledge button while the process runs);
+how long the bubble stays is up to the OS notification centre there.
+
+URL options: ``specwatch-desktop://?ack=no`` hides the button.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import apprise
+
+from watcher.notify.contract import Delivery, current
+
+BUS = "org.freedesktop.Notifications"
+PATH = "/org/freedesktop/Notifications"
+ACK_ACTION = "acknowledge"
+_URGENCY = {"critical": 2, "warning": 1, "info": 0}
+
+
+class FreedesktopClient:
+    """One session-bus connection per process: sends, replaces in place, and hears the Acknowledge button."""
+
+    def __init__(self) -> None:
+        from jeepney import DBusAddress, MatchRule
+        from jeepney.io.threading import open_dbus_router
+
+        self.addr = DBusAddress(PATH, bus_name=BUS, interface=BUS)
+        self.router = open_dbus_router(bus="SESSION")
+        self.router.__enter__()
+        self.lock = threading.Lock()
+        #: notification id -> (incident ids, acknowledge callback)
+        self.shown: dict[int, tuple[list[str], Callable[[Sequence[str], str], list[str]]]] = {}
+        #: first incident id of a group -> notification id, for replaces_id
+        self.bubbles: dict[str, int] = {}
+        rule = MatchRule(type="signal", interface=BUS, path=PATH)
+        from jeepney import new_method_call
+        from jeepney.bus_messages import message_bus
+        self.router.send_and_get_reply(new_method_call(message_bus, "AddMatch", "s", (rule.serialise(),)),
+                                       timeout=5)
+        self.signals = self.router.filter(rule, bufsize=64)
+        threading.Thread(target=self._listen, name="specwatch-desktop", daemon=True).start()
+
+    def notify(self, delivery: Delivery, title: str, body: str, with_ack: bool) -> int:
+        """Show or update the bubble of this delivery's incidents; returns the server's notification id."""
+        from jeepney import new_method_call
+
+        ids = [str(i["id"]) for i in delivery.items]
+        kind = delivery.kind
+        with self.lock:
+            replaces = next((self.bubbles[i] for i in ids if i in self.bubbles), 0)
+        resolved = kind == "resolved"
+        actions = [] if resolved or not with_ack or not ids else ["default", "Acknowledge", ACK_ACTION, "Acknowledge"]
+        hints: dict[str, tuple[str, Any]] = {
+            "urgency": ("y", 1 if resolved else _URGENCY.get(delivery.severity, 1)),
+            "desktop-entry": ("s", "specwatch"),
+            "category": ("s", "device.error" if not resolved else "device"),
+        }
+        # A resolved bubble may fade (the server's default); an open incident stays until a person acts.
+        timeout = -1 if resolved else 0
+        msg = new_method_call(self.addr, "Notify", "susssasa{sv}i",
+                              ("specwatch", replaces, "dialog-error" if not resolved else "dialog-information",
+                               title, _markup(body), actions, hints, timeout))
+        reply = self.router.send_and_get_reply(msg, timeout=5)
+        nid = int(reply.body[0])
+        with self.lock:
+            for i in ids:
+                self.bubbles[i] = nid
+            self.shown[nid] = (ids, delivery.acknowledge)
+            if resolved:
+                for i in ids:
+                    self.bubbles.pop(i, None)
+        return nid
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                sig = self.signals.get()
+            except Exception:  # noqa: BLE001 - the bus went away: buttons stop working, sending reports errors
+                return
+            if sig.header.fields.get(3) == "ActionInvoked":  # 3 = HeaderFields.member
+                nid, action = sig.body
+                with self.lock:
+                    ids, ack = self.shown.get(int(nid), ([], None))
+                if action in (ACK_ACTION, "default") and ack is not None and ids:
+                    # A locked DB must not kill the listener.
+                    with contextlib.suppress(Exception):
+                        ack(ids, "acknowledged from the desktop notification")
+                    self._close(int(nid))
+
+    def _close(self, nid: int) -> None:
+        from jeepney import new_method_call
+
+        with contextlib.suppress(Exception):  # already gone
+            self.router.send(new_method_call(self.addr, "CloseNotification", "u", (nid,)))
+
+
+_client: FreedesktopClient | None = None
+_client_lock = threading.Lock()
+
+
+def client() -> FreedesktopClient:
+    """The process-wide freedesktop client (connects on first use)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = FreedesktopClient()
+        return _client
+
+
+def _markup(body: str) -> str:
+    # Notification servers may render a subset of HTML in the body; escape so a log line is shown as text.
+    return body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _send_other(delivery: Delivery, title: str, body: str, with_ack: bool) -> bool:
+    from desktop_notifier import Button, DesktopNotifierSync, Urgency
+
+    ids = [str(i["id"]) for i in delivery.items]
+    buttons = []
+    if with_ack and ids and delivery.kind != "resolved":
+        buttons.append(Button("Acknowledge", on_pressed=lambda: delivery.acknowledge(ids, "acknowledged from "
+                                                                                           "the desktop notification")))
+    urgency = Urgency.Critical if delivery.severity == "critical" else Urgency.Normal
+    DesktopNotifierSync(app_name="specwatch").send(title=title, message=body, urgency=urgency, buttons=buttons)
+    return True
+
+
+@apprise.decorators.notify(on="specwatch-desktop", name="specwatch desktop (stays until dismissed)")  # type: ignore[untyped-decorator,no-untyped-call]
+def _notify(body: str, title: str, notify_type: str, meta: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+    del notify_type, args, kwargs
+    d = current() or Delivery(target_id="", title=title, body=body, severity="warning")
+    with_ack = str(meta.get("qsd", {}).get("ack", "yes")).lower() not in ("no", "0", "false")
+    if sys.platform in ("darwin", "win32"):
+        return _send_other(d, title or d.title, body, with_ack)
+    client().notify(d, title or d.title, body, with_ack)
+    return True

@@ -1,0 +1,202 @@
+"""The outbox: one row per (target, incident, generation, kind of message, repeat number).
+
+Rows are inserted with ``INSERT OR IGNORE`` on that unique key, so however many processes see the same
+incident, each message exists once. A worker *claims* due rows by setting ``state = 'sending'`` with a lease
+(owner ``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row;
+it then marks them ``sent`` (or back to ``pending`` with an exponential backoff) only if it still holds the
+lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
+expires, or at once when the owner is a process of this host that no longer exists.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from watcher import db
+from watcher.store import Store
+
+COMPONENT = "outbox"
+MIGRATIONS = [
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        label TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('opened', 'repeat', 'resolved')),
+        seq INTEGER NOT NULL DEFAULT 0,
+        severity TEXT NOT NULL,
+        created REAL NOT NULL,
+        due REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'cancelled')),
+        lease_owner TEXT,
+        lease_until REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        sent_at REAL,
+        UNIQUE (target, incident, generation, kind, seq)
+    );
+    CREATE INDEX outbox_due ON outbox (state, target, due);
+    """,
+]
+
+
+@dataclass
+class Row:
+    """One claimed outbox row."""
+
+    id: int
+    target: str
+    incident: str
+    generation: int
+    kind: str
+    seq: int
+    attempts: int
+
+
+def owner_id() -> str:
+    """This process, as a lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str | None) -> bool:
+    """Whether a lease owner may still be running (only a process of this host can be proven dead)."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Outbox:
+    """The outbox table of the shared database; shares the store's connection and transactions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn: sqlite3.Connection = store.conn
+        db.migrate(self.conn, COMPONENT, MIGRATIONS)
+
+    def enqueue(self, targets: Iterable[tuple[str, str]], incident: str, generation: int, kind: str,  # noqa: PLR0917
+                severity: str, now: float, seq: int = 0, need_announced: bool = False) -> int:
+        """Add one message for each (target id, label); returns how many rows are new.
+
+        ``need_announced`` (resolved and repeat messages) only queues for targets that were sent, or are
+        still to be sent, the ``opened`` message of this generation.
+        """
+        added = 0
+        with self.store.transaction() as c:
+            for target, label in targets:
+                if need_announced and not c.execute(
+                        "SELECT 1 FROM outbox WHERE target = ? AND incident = ? AND generation = ? AND kind = 'opened' "
+                        "AND state != 'cancelled'", (target, incident, generation)).fetchone():
+                    continue
+                cur = c.execute("INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, "
+                                "severity, created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (target, label, incident, generation, kind, seq, severity, now, now))
+                added += cur.rowcount
+        return added
+
+    def cancel_repeats(self, incident: str) -> int:
+        """An acknowledged or resolved incident stops repeating."""
+        with self.store.transaction() as c:
+            return c.execute("UPDATE outbox SET state = 'cancelled' WHERE incident = ? AND kind = 'repeat' "
+                             "AND state = 'pending'", (incident,)).rowcount
+
+    def schedule_repeats(self, targets: Sequence[tuple[str, str, frozenset[str] | None]], interval: float,
+                         now: float) -> int:
+        """Queue a repeat for every open, unacknowledged incident announced more than ``interval`` ago.
+
+        The repeat number is ``(now - opened_at) // interval``, so processes agree on it, and a repeat is only
+        queued when nothing is pending for that incident and target (an outage sends one reminder, not a pile).
+        """
+        if interval <= 0:
+            return 0
+        added = 0
+        for inc in self.store.open_incidents(include_acknowledged=False):
+            seq = int((now - inc.opened_at) // interval)
+            if seq < 1:
+                continue
+            with self.store.transaction() as c:
+                for target, label, severities in targets:
+                    if severities is not None and inc.severity not in severities:
+                        continue
+                    announced = c.execute(
+                        "SELECT 1 FROM outbox WHERE target = ? AND incident = ? AND generation = ? AND kind = 'opened'",
+                        (target, inc.key, inc.generation)).fetchone()
+                    busy = c.execute("SELECT 1 FROM outbox WHERE target = ? AND incident = ? AND state IN "
+                                     "('pending', 'sending')", (target, inc.key)).fetchone()
+                    if announced and not busy:
+                        added += c.execute(
+                            "INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, severity, "
+                            "created, due) VALUES (?, ?, ?, ?, 'repeat', ?, ?, ?, ?)",
+                            (target, label, inc.key, inc.generation, seq, inc.severity, now, now)).rowcount
+        return added
+
+    def claim(self, targets: Sequence[str], owner: str, now: float, lease: float) -> list[Row]:
+        """Take every due row of ``targets`` (and rows whose sender died) for ``lease`` seconds."""
+        if not targets:
+            return []
+        marks = ",".join("?" * len(targets))
+        with self.store.transaction() as c:
+            rows = c.execute(
+                f"SELECT id, target, incident, generation, kind, seq, attempts, state, lease_owner, lease_until "  # noqa: S608
+                f"FROM outbox WHERE target IN ({marks}) AND ((state = 'pending' AND due <= ?) OR state = 'sending') "
+                f"ORDER BY id", (*targets, now)).fetchall()
+            taken = []
+            for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, lease_until in rows:
+                if state == "sending" and lease_owner != owner and (lease_until or 0) > now and _alive(lease_owner):
+                    continue
+                if state == "sending" and lease_owner == owner:
+                    continue
+                c.execute("UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, "
+                          "attempts = attempts + 1 WHERE id = ?", (owner, now + lease, rid))
+                taken.append(Row(rid, target, incident, gen, kind, seq, attempts + 1))
+        return taken
+
+    def mark_sent(self, ids: Sequence[int], owner: str, now: float) -> int:
+        """Delivered: only rows this owner still leases (a taken-over lease is not marked twice)."""
+        with self.store.transaction() as c:
+            return sum(c.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = '', lease_owner = NULL, "
+                                 "lease_until = NULL WHERE id = ? AND lease_owner = ? AND state = 'sending'",
+                                 (now, i, owner)).rowcount for i in ids)
+
+    def mark_failed(self, ids: Sequence[int], owner: str, now: float, error: str, backoff: float,  # noqa: PLR0917
+                    backoff_max: float) -> None:
+        """Not delivered: back to pending, due after ``backoff * 2**(attempts-1)`` capped at ``backoff_max``."""
+        with self.store.transaction() as c:
+            for i in ids:
+                r = c.execute("SELECT attempts FROM outbox WHERE id = ?", (i,)).fetchone()
+                delay = min(backoff_max, backoff * 2 ** max(0, (r[0] if r else 1) - 1))
+                c.execute("UPDATE outbox SET state = 'pending', due = ?, last_error = ?, lease_owner = NULL, "
+                          "lease_until = NULL WHERE id = ? AND lease_owner = ? AND state = 'sending'",
+                          (now + delay, error[:500], i, owner))
+
+    def next_due(self, targets: Sequence[str]) -> float | None:
+        """When the next pending row of ``targets`` is due."""
+        if not targets:
+            return None
+        r = self.conn.execute(f"SELECT MIN(due) FROM outbox WHERE state = 'pending' AND target IN "  # noqa: S608
+                              f"({','.join('?' * len(targets))})", tuple(targets)).fetchone()
+        return float(r[0]) if r and r[0] is not None else None
+
+    def pending(self, targets: Sequence[str] | None = None) -> list[tuple[int, str, str, str, int, str, float, str]]:
+        """Undelivered rows: (id, label, incident, kind, attempts, state, due, last error)."""
+        q = ("SELECT id, label, incident, kind, attempts, state, due, last_error FROM outbox "
+             "WHERE state IN ('pending', 'sending')")
+        args: tuple[str, ...] = ()
+        if targets is not None:
+            q += f" AND target IN ({','.join('?' * len(targets))})"
+            args = tuple(targets)
+        return [tuple(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]

@@ -1,0 +1,149 @@
+"""The store-and-notify sink: records every incident change and queues its messages, without blocking.
+
+``incident()`` only puts a snapshot on a queue; a recorder thread writes it to the store and the outbox and
+wakes the delivery worker (started only when targets are configured). At exit the sink records what is
+queued, gives delivery a short grace period, and leaves anything undelivered in the outbox for the next
+specwatch process with targets (a pipe, ``watch``, ``run`` or ``specwatch notify flush``).
+
+Importing this module registers the sink and its options with every analysing command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from watcher import config as cfg
+from watcher import paths
+from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
+from watcher.environment import Environment
+from watcher.incidents import Incident
+from watcher.notify import targets as tg
+from watcher.notify.outbox import Outbox
+from watcher.notify.worker import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, Settings, Worker
+from watcher.store import Store
+
+#: Seconds a pipe waits at EOF for queued messages to go out before exiting (the rest stay queued).
+EXIT_GRACE = 5.0
+
+
+class StoreSink:
+    """Writes incident changes into the store and the outbox; owns the delivery worker."""
+
+    def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,
+                 exit_grace: float = EXIT_GRACE) -> None:
+        self.db_path = db_path
+        self.targets = targets
+        self.env = env
+        self.exit_grace = exit_grace
+        self.queue: queue.Queue[tuple[dict[str, Any], str, float] | None] = queue.Queue()
+        self.worker = Worker(db_path, targets, settings, env.clock, self._log) if targets else None
+        Store.open(db_path).close()  # fail now (bad state dir) rather than in the thread
+        self.recorder = threading.Thread(target=self._record_loop, name="specwatch-store", daemon=True)
+        self.recorder.start()
+        if self.worker is not None:
+            self.worker.start()
+
+    def _log(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.env.stderr.write(text.rstrip() + "\n")
+
+    def incident(self, inc: Incident, change: str) -> None:
+        """Queue a snapshot; the analysis thread never waits for the disk or the network."""
+        self.queue.put((inc.as_dict(), change, self.env.clock()))
+
+    def _record_loop(self) -> None:
+        store = Store.open(self.db_path)
+        outbox = Outbox(store)
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                try:
+                    self._record(store, outbox, *item)
+                except Exception as exc:  # noqa: BLE001 - a full disk must not stop the watcher
+                    self._log(f"specwatch: cannot record incident: {exc}")
+        finally:
+            store.close()
+
+    def _record(self, store: Store, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
+        what, row = store.record(inc, change, now)
+        want = [(t.id, t.label) for t in self.targets if t.accepts(row.severity)]
+        if what in ("opened", "reopened") and want:
+            outbox.enqueue(want, row.key, row.generation, "opened", row.severity, now)
+        elif what == "resolved":
+            outbox.cancel_repeats(row.key)
+            if want:
+                outbox.enqueue(want, row.key, row.generation, "resolved", row.severity, now, need_announced=True)
+        else:
+            return
+        if self.worker is not None:
+            self.worker.wake()
+
+    def close(self) -> None:
+        """Record what is queued, then give delivery ``exit_grace`` seconds."""
+        self.queue.put(None)
+        self.recorder.join(timeout=10)
+        if self.worker is not None:
+            self.worker.wake()
+            self.worker.stop(drain=self.exit_grace)
+
+
+def settings_from(args: argparse.Namespace, conf: cfg.Config) -> Settings:
+    """Repeat interval and backoff from flags and the config file."""
+    repeat = getattr(args, "repeat", None)
+    return Settings(
+        repeat=float(repeat if repeat is not None else conf.get("notify", "repeat", DEFAULT_REPEAT)),
+        backoff=float(conf.get("notify", "backoff", DEFAULT_BACKOFF)),
+        backoff_max=float(conf.get("notify", "backoff_max", DEFAULT_BACKOFF_MAX)),
+    )
+
+
+def targets_from(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> list[tg.Target]:
+    """Every configured target; a bad apprise config file is a usage error."""
+    configs = [*conf.get("notify", "config", []), *getattr(args, "notify_config", [])]
+    try:
+        return tg.collect(getattr(args, "notify", []), env.environ, conf.get("notify", "urls", []), configs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def db_path(args: argparse.Namespace, env: Environment) -> Path:
+    """The shared database, honouring ``--state-dir`` and ``$SPECWATCH_STATE_DIR``."""
+    return paths.db_path(env.environ, getattr(args, "state_dir", None))
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """``--notify``, ``--notify-config``, ``--state-dir``, ``--repeat`` (defaults suppressed, so a value given
+    before the sub-command is not overwritten by the sub-command's parser)."""
+    g = p.add_argument_group("alerts")
+    g.add_argument("--notify", action="append", metavar="URL", default=argparse.SUPPRESS,
+                   help="send alerts to this apprise URL, optionally 'critical,warning=URL' (repeatable; "
+                        "also $SPECWATCH_NOTIFY and [notify] urls)")
+    g.add_argument("--notify-config", action="append", metavar="FILE", default=argparse.SUPPRESS,
+                   help="apprise configuration file with more targets (repeatable)")
+    g.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="where the incident store lives (default: $SPECWATCH_STATE_DIR or the user state dir)")
+    g.add_argument("--repeat", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help=f"repeat open, unacknowledged alerts this often, 0 to never (default {DEFAULT_REPEAT:.0f})")
+
+
+def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> StoreSink | None:
+    """The sink for an analysing command. ``scan`` reads old logs: it records only when asked to notify."""
+    targets = targets_from(args, env, conf)
+    if getattr(args, "command", None) == "scan" and not getattr(args, "notify", None):
+        return None
+    try:
+        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env)
+    except OSError as exc:
+        raise UsageError(f"state dir: {exc}") from exc
+
+
+OPTION_HOOKS.append(add_options)
+SINK_FACTORIES.append(build)

@@ -1,0 +1,204 @@
+"""The delivery worker: a daemon thread that drains the outbox through apprise, with retry and backoff.
+
+It owns its own database connection (SQLite connections are not shared across threads here), claims due
+rows for the targets this process knows, groups the rows of one target that are due together into one
+message, and sets :data:`watcher.notify.contract.CURRENT` around ``Apprise.notify`` so first-party plugins
+see the incidents. It also queues repeats of open, unacknowledged incidents every ``repeat`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watcher.notify import message
+from watcher.notify.contract import CURRENT, Delivery
+from watcher.notify.outbox import Outbox, Row, owner_id
+from watcher.notify.redact import Redactor
+from watcher.notify.targets import Target
+from watcher.store import Store
+
+DEFAULT_REPEAT = 3600.0
+DEFAULT_BACKOFF = 10.0
+DEFAULT_BACKOFF_MAX = 300.0
+#: Longer than apprise's own connect + read timeouts, so a slow but live sender keeps its rows.
+DEFAULT_LEASE = 120.0
+#: Rows that become due within this window of each other go out as one message.
+GROUP_WINDOW = 0.3
+
+
+@dataclass
+class Settings:
+    """How the worker retries and repeats."""
+
+    repeat: float = DEFAULT_REPEAT
+    backoff: float = DEFAULT_BACKOFF
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    lease: float = DEFAULT_LEASE
+    group_window: float = GROUP_WINDOW
+
+
+@dataclass
+class Result:
+    """The outcome of one delivery attempt to one target."""
+
+    target: Target
+    ok: bool
+    error: str = ""
+    rows: list[int] = field(default_factory=list)
+
+
+def send(target: Target, title: str, body: str, delivery: Delivery, redact: Callable[[str], str]) -> Result:
+    """One apprise notify call to one target; the error is apprise's own message, redacted."""
+    import apprise
+
+    from watcher.notify import desktop  # noqa: F401 - registers the first-party schemes with apprise
+
+    ap = apprise.Apprise()
+    if not ap.add(target.url):
+        return Result(target, False, redact(f"apprise cannot use this URL (unknown scheme or bad syntax): "
+                                            f"{target.url}"))
+    ntype = apprise.NotifyType.SUCCESS if delivery.kind == "resolved" else (
+        apprise.NotifyType.FAILURE if delivery.severity == "critical" else apprise.NotifyType.WARNING)
+    token = CURRENT.set(delivery)
+    try:
+        with apprise.LogCapture(level=logging.WARNING) as logs:  # type: ignore[no-untyped-call]
+            ok = bool(ap.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT, notify_type=ntype))
+            captured = logs.getvalue().strip() if hasattr(logs, "getvalue") else ""
+    except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed delivery, retried later
+        ok, captured = False, f"{type(exc).__name__}: {exc}"
+    finally:
+        CURRENT.reset(token)
+    return Result(target, ok, "" if ok else redact(" ".join(captured.split()) or "delivery failed"))
+
+
+class Worker:
+    """Delivers the outbox rows of ``targets``; ``run_once`` for one-shot use, ``start`` for a thread."""
+
+    def __init__(self, db_path: Path, targets: Sequence[Target], settings: Settings | None = None,
+                 clock: Callable[[], float] = time.time, log: Callable[[str], None] | None = None) -> None:
+        self.db_path = db_path
+        self.targets = list(targets)
+        self.by_id = {t.id: t for t in self.targets}
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.log = log or (lambda _m: None)
+        self.redact = Redactor(t.url for t in self.targets)
+        self.owner = owner_id()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._store: Store | None = None
+        self.delivered = 0
+
+    def _db(self) -> tuple[Store, Outbox]:
+        if self._store is None:
+            self._store = Store.open(self.db_path)
+        return self._store, Outbox(self._store)
+
+    def acknowledge(self, keys: Sequence[str], note: str) -> list[str]:
+        """Acknowledge incidents (from a desktop button): its own connection, any thread."""
+        store = Store.open(self.db_path)
+        try:
+            done = store.acknowledge(list(keys), note, self.clock())
+            ob = Outbox(store)
+            for k in done:
+                ob.cancel_repeats(k)
+            return done
+        finally:
+            store.close()
+
+    def run_once(self) -> list[Result]:
+        """Queue due repeats, then claim and deliver every due row once; returns one result per message."""
+        store, ob = self._db()
+        now = self.clock()
+        filters = [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
+                   for t in self.targets]
+        ob.schedule_repeats(filters, self.settings.repeat, now)
+        rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease)
+        results = []
+        for target_id in dict.fromkeys(r.target for r in rows):
+            mine = [r for r in rows if r.target == target_id]
+            results.append(self._deliver(store, ob, self.by_id[target_id], mine))
+        return results
+
+    def _deliver(self, store: Store, ob: Outbox, target: Target, rows: list[Row]) -> Result:
+        items: list[dict[str, Any]] = []
+        for r in rows:
+            inc = store.get(r.incident)
+            if inc is not None:
+                items.append({**inc.as_dict(), "message": r.kind, "repeat": r.seq})
+        ids = [r.id for r in rows]
+        if not items:
+            ob.mark_sent(ids, self.owner, self.clock())
+            return Result(target, True, rows=ids)
+        title, body = message.render(items, self.redact, self.clock)
+        delivery = Delivery(target.id, title, body, message.severity_of(items), tuple(items),
+                            self.acknowledge, self.redact)
+        res = send(target, title, body, delivery, self.redact)
+        res.rows = ids
+        if res.ok:
+            self.delivered += ob.mark_sent(ids, self.owner, self.clock())
+        else:
+            ob.mark_failed(ids, self.owner, self.clock(), res.error, self.settings.backoff, self.settings.backoff_max)
+            self.log(f"specwatch: notification to {target.label} failed (attempt {max(r.attempts for r in rows)}, "
+                     f"will retry): {res.error}")
+        return res
+
+    def pending_count(self) -> int:
+        """Undelivered rows of this worker's targets."""
+        _, ob = self._db()
+        return len(ob.pending(list(self.by_id)))
+
+    def wake(self) -> None:
+        """New rows were queued."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run in a daemon thread until ``stop``."""
+        self._thread = threading.Thread(target=self._loop, name="specwatch-notify", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                _, ob = self._db()
+                nxt = ob.next_due(list(self.by_id))
+            except Exception as exc:  # noqa: BLE001 - a locked or broken database must not kill alerts for good
+                self.log(f"specwatch: notification worker: {self.redact(str(exc))}")
+                nxt = None
+            wait = 30.0 if nxt is None else max(0.05, min(30.0, nxt - self.clock()))
+            if self.settings.repeat > 0:
+                wait = min(wait, max(1.0, self.settings.repeat / 4))
+            if self._wake.wait(wait):
+                self._wake.clear()
+                # Let the rest of a burst arrive, so it goes out as one message.
+                self._stop.wait(self.settings.group_window)
+
+    def stop(self, drain: float = 0.0) -> None:
+        """Stop the thread, first giving pending deliveries up to ``drain`` seconds (they stay queued after)."""
+        deadline = time.monotonic() + drain
+        if self._thread is not None:
+            check = Store.open(self.db_path) if drain > 0 else None
+            ob = Outbox(check) if check is not None else None
+            while ob is not None and time.monotonic() < deadline:
+                try:
+                    nxt = ob.next_due(list(self.by_id))
+                    busy = ob.pending(list(self.by_id))
+                except Exception:  # noqa: BLE001
+                    break
+                if not busy or (nxt is not None and nxt > self.clock() + (deadline - time.monotonic())):
+                    break
+                self._wake.set()
+                time.sleep(0.05)
+            if check is not None:
+                check.close()
+            self._stop.set()
+            self._wake.set()
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()))

@@ -1,0 +1,230 @@
+"""The incident store: every incident a person has not yet dealt with, shared by every specwatch process.
+
+An incident row is keyed by ``Incident.key`` and has a lifecycle: ``open`` -> ``acknowledged`` (a person,
+with an optional note) or ``resolved`` (the server later loaded with working speculation). A recurrence
+after ``resolved`` opens it again in a new *generation* (the outbox keys its messages by generation, so a
+reopened incident is announced again); a repeat of an open or acknowledged one only bumps ``count`` and
+``last_seen``. Every transition is also written to ``incident_log`` for ``specwatch history``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watcher import db
+
+COMPONENT = "incidents"
+MIGRATIONS = [
+    """
+    CREATE TABLE incidents (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        title TEXT NOT NULL,
+        source TEXT NOT NULL,
+        host TEXT NOT NULL,
+        slots TEXT NOT NULL DEFAULT '[]',
+        evidence TEXT NOT NULL DEFAULT '[]',
+        hint TEXT NOT NULL DEFAULT '',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        opened_at REAL NOT NULL,
+        count INTEGER NOT NULL DEFAULT 1,
+        generation INTEGER NOT NULL DEFAULT 1,
+        status TEXT NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
+        ack_note TEXT NOT NULL DEFAULT '',
+        acked_at REAL,
+        resolved_at REAL,
+        resolution TEXT NOT NULL DEFAULT '',
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX incidents_status ON incidents (status, last_seen);
+    CREATE TABLE incident_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        at REAL NOT NULL,
+        what TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX incident_log_at ON incident_log (at);
+    """,
+]
+
+#: What ``record`` did: the outbox announces ``opened`` and ``reopened``, and ``resolved``.
+TRANSITIONS = ("opened", "reopened", "repeat", "updated", "resolved", "unchanged")
+
+
+class AmbiguousIdError(LookupError):
+    """An id prefix matched more than one incident."""
+
+
+@dataclass
+class StoredIncident:
+    """One row of the store, as the commands and the notifiers see it."""
+
+    key: str
+    kind: str
+    severity: str
+    title: str
+    source: str
+    host: str
+    slots: list[int]
+    evidence: list[dict[str, Any]]
+    hint: str
+    first_seen: float
+    last_seen: float
+    opened_at: float
+    count: int
+    generation: int
+    status: str
+    ack_note: str
+    acked_at: float | None
+    resolved_at: float | None
+    resolution: str
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (``specwatch status --json``, the notifier contract)."""
+        return {
+            "id": self.key, "kind": self.kind, "severity": self.severity, "title": self.title,
+            "status": self.status, "source": self.source, "host": self.host, "slots": list(self.slots),
+            "hint": self.hint, "evidence": list(self.evidence), "count": self.count,
+            "first_seen": self.first_seen, "last_seen": self.last_seen, "opened_at": self.opened_at,
+            "generation": self.generation, "ack_note": self.ack_note, "acked_at": self.acked_at,
+            "resolved_at": self.resolved_at, "resolution": self.resolution, "details": dict(self.details),
+        }
+
+
+_COLUMNS = ("key, kind, severity, title, source, host, slots, evidence, hint, first_seen, last_seen, opened_at, "
+            "count, generation, status, ack_note, acked_at, resolved_at, resolution, details")
+
+
+def _row(r: tuple[Any, ...]) -> StoredIncident:
+    (key, kind, severity, title, source, host, slots, evidence, hint, first_seen, last_seen, opened_at,
+     count, generation, status, ack_note, acked_at, resolved_at, resolution, details) = r
+    return StoredIncident(key, kind, severity, title, source, host, json.loads(slots), json.loads(evidence), hint,
+                          first_seen, last_seen, opened_at, count, generation, status, ack_note, acked_at,
+                          resolved_at, resolution, json.loads(details))
+
+
+class Store:
+    """Incidents in the shared SQLite database; every method is one short transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, host: str | None = None) -> None:
+        self.conn = conn
+        self.host = host or socket.gethostname()
+        db.migrate(conn, COMPONENT, MIGRATIONS)
+
+    @classmethod
+    def open(cls, path: Path, host: str | None = None) -> Store:
+        """Open (creating and migrating) the store at ``path``."""
+        return cls(db.connect(path), host)
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` so concurrent writers serialise instead of failing mid-way."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def record(self, inc: Mapping[str, Any], change: str, now: float) -> tuple[str, StoredIncident]:
+        """Apply one incident change (``Incident.as_dict()``, and the dispatcher's change) and say what it did."""
+        key = str(inc["id"])
+        with self.transaction() as c:
+            r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
+            old = _row(r) if r else None
+            fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
+                      json.dumps(inc.get("slots", [])), json.dumps(inc.get("evidence", [])[:8]),
+                      inc.get("hint", ""), json.dumps(_details(inc)))
+            if change == "resolved" or inc.get("status") == "resolved":
+                if old is None or old.status == "resolved":
+                    what = "unchanged"
+                else:
+                    c.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?, resolution = ?, "
+                              "last_seen = ? WHERE key = ?", (now, inc.get("resolution", ""), now, key))
+                    what = "resolved"
+            elif old is None:
+                c.execute(f"INSERT INTO incidents ({_COLUMNS}) VALUES "  # noqa: S608
+                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, 'open', '', NULL, NULL, '', ?)",
+                          (key, *fields[:8], now, now, now, fields[8]))
+                what = "opened"
+            elif old.status == "resolved":
+                c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
+                          "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + 1, "
+                          "generation = generation + 1, status = 'open', ack_note = '', acked_at = NULL, "
+                          "resolved_at = NULL, resolution = '' WHERE key = ?", (*fields, now, now, key))
+                what = "reopened"
+            else:
+                bump = 1 if change == "opened" else 0
+                c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
+                          "evidence = ?, hint = ?, details = ?, last_seen = ?, count = count + ? WHERE key = ?",
+                          (*fields, now, bump, key))
+                what = "repeat" if bump else "updated"
+            if what != "unchanged":
+                c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
+                          (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
+            r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
+        return what, _row(r)
+
+    def resolve_id(self, prefix: str) -> str | None:
+        """The full key an id (or a unique prefix of one, as ``status`` prints them) names."""
+        rows = self.conn.execute("SELECT key FROM incidents WHERE key LIKE ? ESCAPE '\\'",
+                                 (prefix.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
+        if len(rows) > 1:
+            raise AmbiguousIdError(f"id {prefix} matches {len(rows)} incidents; give more characters")
+        return rows[0][0] if rows else None
+
+    def acknowledge(self, keys: list[str] | None, note: str, now: float) -> list[str]:
+        """Acknowledge the open incidents ``keys`` (None: all open ones); returns the keys changed."""
+        with self.transaction() as c:
+            if keys is None:
+                keys = [r[0] for r in c.execute("SELECT key FROM incidents WHERE status = 'open'")]
+            done = []
+            for key in keys:
+                cur = c.execute("UPDATE incidents SET status = 'acknowledged', ack_note = ?, acked_at = ? "
+                                "WHERE key = ? AND status = 'open'", (note, now, key))
+                if cur.rowcount:
+                    done.append(key)
+                    c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, 'acknowledged', ?)",
+                              (key, now, note))
+        return done
+
+    def get(self, key: str) -> StoredIncident | None:
+        """One incident by its full key."""
+        r = self.conn.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
+        return _row(r) if r else None
+
+    def open_incidents(self, include_acknowledged: bool = True) -> list[StoredIncident]:
+        """Incidents not resolved (``status``), newest first."""
+        states = ("open", "acknowledged") if include_acknowledged else ("open",)
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM incidents WHERE status IN "  # noqa: S608
+                                 f"({','.join('?' * len(states))}) ORDER BY last_seen DESC", states).fetchall()
+        return [_row(r) for r in rows]
+
+    def history(self, limit: int = 50, since: float | None = None) -> list[tuple[float, str, str, str, str]]:
+        """Recent transitions, newest first: (time, key, what, note, title)."""
+        rows = self.conn.execute(
+            "SELECT l.at, l.key, l.what, l.note, COALESCE(i.title, '') FROM incident_log l "
+            "LEFT JOIN incidents i ON i.key = l.key WHERE l.at >= ? ORDER BY l.at DESC, l.id DESC LIMIT ?",
+            (since if since is not None else 0.0, limit)).fetchall()
+        return [(float(a), str(b), str(c), str(d), str(e)) for a, b, c, d, e in rows]
+
+
+def _details(inc: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("model", "draft_model", "device", "mib", "reason", "server_state", "confidence", "run")
+    return {k: inc.get(k) for k in keep if inc.get(k) is not None}
