@@ -17,6 +17,7 @@ COMMANDS = [
     "watcher.commands.scan",
     "watcher.commands.patterns",
     "watcher.commands.run",
+    "watcher.commands.probe",
 ]
 
 
