@@ -16,6 +16,8 @@ from watcher.exitstatus import ExitStatus
 COMMANDS = [
     "watcher.commands.scan",
     "watcher.commands.patterns",
+    "watcher.commands.status",
+    "watcher.commands.notify",
     "watcher.commands.run",
     "watcher.commands.probe",
 ]

@@ -36,6 +36,13 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "patterns": {
         "extra": ((list,), "extra pattern files or directories, loaded after the shipped catalogue"),
     },
+    "notify": {
+        "urls": ((list,), "apprise URLs to alert, each optionally 'critical,warning=URL' to filter by severity"),
+        "config": ((list,), "apprise configuration files (text or YAML) with more targets and their tags"),
+        "repeat": ((float, int), "seconds between repeats of an open, unacknowledged alert (0: never)"),
+        "backoff": ((float, int), "seconds before the first retry of a failed delivery (doubles each time)"),
+        "backoff_max": ((float, int), "longest wait between delivery retries, in seconds"),
+    },
 }
 
 
