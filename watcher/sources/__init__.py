@@ -1,1 +1,1 @@
-"""Log sources other than stdin and files: a supervised child process."""
+"""Where log bytes come from when specwatch runs as a service: followed files and journald."""

@@ -1,0 +1,118 @@
+"""Where each followed source got to: identity, byte offset and line count, kept in the shared SQLite DB.
+
+A checkpoint is written only after its lines were analysed and the incidents they raised were handed
+to the sinks, so a restart (even after ``kill -9``) resumes at a line boundary that was fully processed:
+no line is missed, and a line processed twice can only re-raise an incident the store already holds
+under the same ``Incident.key``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher import db
+
+COMPONENT = "checkpoints"
+MIGRATIONS = [
+    """
+    CREATE TABLE checkpoints (
+        stream    TEXT PRIMARY KEY,
+        dev       INTEGER NOT NULL DEFAULT 0,
+        ino       INTEGER NOT NULL DEFAULT 0,
+        head_len  INTEGER NOT NULL DEFAULT 0,
+        head_hash TEXT NOT NULL DEFAULT '',
+        offset    INTEGER NOT NULL DEFAULT 0,
+        lines     INTEGER NOT NULL DEFAULT 0,
+        cursor    TEXT,
+        updated   REAL NOT NULL
+    )
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which file this is: inode numbers are reused, so the hash of its first bytes goes with them."""
+
+    dev: int
+    ino: int
+    head_len: int
+    head_hash: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """How far one stream (a followed path, a journal unit, a watched root) was processed."""
+
+    stream: str
+    identity: Identity
+    offset: int
+    lines: int
+    cursor: str | None = None
+    updated: float = 0.0
+
+
+class Checkpoints:
+    """The ``checkpoints`` table: one row per stream name."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        db.migrate(conn, COMPONENT, MIGRATIONS)
+
+    @classmethod
+    def open(cls, path: Path) -> Checkpoints:
+        """Open (creating and migrating) the checkpoints of the database at ``path``."""
+        return cls(db.connect(path))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def get(self, stream: str) -> Checkpoint | None:
+        """The checkpoint of ``stream``, if it was ever seen."""
+        row = self.conn.execute(
+            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated "
+            "FROM checkpoints WHERE stream = ?", (stream,)).fetchone()
+        return _row(row) if row else None
+
+    def all(self, prefix: str = "") -> list[Checkpoint]:
+        """Every checkpoint whose stream name starts with ``prefix``."""
+        rows = self.conn.execute(
+            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated "
+            "FROM checkpoints WHERE substr(stream, 1, ?) = ? ORDER BY stream", (len(prefix), prefix)).fetchall()
+        return [_row(r) for r in rows]
+
+    def save(self, checkpoints: Iterable[Checkpoint], now: float | None = None) -> None:
+        """Write several checkpoints in one transaction (all or none survive a crash)."""
+        stamp = time.time() if now is None else now
+        rows = [(c.stream, c.identity.dev, c.identity.ino, c.identity.head_len, c.identity.head_hash,
+                 c.offset, c.lines, c.cursor, stamp) for c in checkpoints]
+        if not rows:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(
+                "INSERT INTO checkpoints (stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
+                "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
+                "offset = excluded.offset, lines = excluded.lines, cursor = excluded.cursor, "
+                "updated = excluded.updated", rows)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop the checkpoints of streams that are gone for good."""
+        self.conn.executemany("DELETE FROM checkpoints WHERE stream = ?", [(s,) for s in streams])
+
+
+def _row(r: tuple[object, ...]) -> Checkpoint:
+    stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated = r
+    return Checkpoint(str(stream), Identity(int(dev), int(ino), int(head_len), str(head_hash)),  # type: ignore[call-overload]
+                      int(offset), int(lines), None if cursor is None else str(cursor),  # type: ignore[call-overload]
+                      float(updated))  # type: ignore[arg-type]
