@@ -18,6 +18,7 @@ COMMANDS = [
     "watcher.commands.patterns",
     "watcher.commands.status",
     "watcher.commands.notify",
+    "watcher.commands.watch",
     "watcher.commands.run",
     "watcher.commands.probe",
 ]
