@@ -14,6 +14,31 @@ def _m(v: float) -> str:
     return f"{v:,.0f} MiB"
 
 
+def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1,
+              free_mib: float | None = None) -> list[tuple[str, float]]:
+    """What each lever frees from a KV cache of ``kv_mib`` over ``n_slots`` contexts of ``n_ctx`` tokens.
+
+    KV memory is linear in context and in slots (llama.cpp pre-allocates every slot's full context),
+    so the levers are exact up to rounding: halve the context, drop to fewer slots, or, given the free
+    memory the device reported, the largest power-of-two context that would have fitted.
+    """
+    out: list[tuple[str, float]] = []
+    per_slot = kv_mib / max(n_slots, 1)
+    if n_ctx:
+        out.append((f"context {n_ctx // 2:,} instead of {n_ctx:,}", kv_mib / 2))
+    if n_slots > 1:
+        for fewer in sorted({n_slots // 2, 1}, reverse=True):
+            if 0 < fewer < n_slots:
+                out.append((f"--parallel {fewer} instead of {n_slots}", per_slot * (n_slots - fewer)))
+    if n_ctx and free_mib is not None and free_mib < kv_mib:
+        per_token = kv_mib / (n_ctx * max(n_slots, 1))
+        fit = 1 << max(int(free_mib / per_token / max(n_slots, 1)).bit_length() - 1, 0)
+        if fit < n_ctx:
+            out.append((f"context {fit:,} (fits the {free_mib:,.0f} MiB free)",
+                        kv_mib - per_token * fit * max(n_slots, 1)))
+    return out
+
+
 def for_incident(inc: Incident, run: Run) -> str:
     """The hint for one incident; empty when the log gives nothing to compute from."""
     match inc.kind:
@@ -29,7 +54,8 @@ def for_incident(inc: Incident, run: Run) -> str:
             return "Read the evidence lines: the draft model did not load."
         case "spec_disabled":
             if inc.confidence == "inferred":
-                return ("Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple with -md; "
+                return ("Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple "
+                        "with -md; "
                         "run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per slot.")
             if "no speculative type" in inc.reason:
                 return "Add --spec-type draft-simple (llama.cpp b9464+ no longer enables the draft from -md alone)."
@@ -45,6 +71,13 @@ def for_incident(inc: Incident, run: Run) -> str:
         case "draft_on_cpu":
             return "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd."
         case "main_model_oom":
+            kv = run.ledger.total("target", "kv")
+            n = run.n_slots or len(run.slots) or 1
+            if kv and n > 1:
+                levers = "; ".join(f"{what} frees {_m(v)}" for what, v in
+                                   kv_levers(kv, run.n_ctx_slot, n)[1:])
+                return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
+                        f"{levers}; or lower -ngl or use a smaller quantisation.")
             if inc.mib:
                 return (f"The target needed {_m(inc.mib)} more on {inc.device or 'the device'}: lower -ngl, "
                         "the context (-c) or --parallel, or use a smaller quantisation.")
@@ -71,6 +104,7 @@ def _draft_memory(inc: Incident, run: Run) -> str:
     cells = run.ledger.kv_cells.get("draft") or run.n_ctx_slot or _max_slot_ctx(run)
     if cells:
         per_tok_kib = mib * 1024 / cells
+        inc.extra["draft_kv_kib_per_token"] = round(per_tok_kib, 2)
         half = cells // 2
         parts.append(f"the draft context of {cells:,} tokens costs {per_tok_kib:.0f} KiB per token; "
                      f"a draft context of {half:,} needs {_m(mib / 2)} (frees {_m(mib / 2)} per context)")

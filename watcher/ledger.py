@@ -96,6 +96,17 @@ class Ledger:
             rows.append(row)
         return rows
 
+    def kv_per_token(self, role: str) -> float | None:
+        """MiB of KV cache per token of context, from the logged KV buffers and the cell count."""
+        cells = self.kv_cells.get(role)
+        kv = self.total(role, "kv")
+        return kv / cells if cells and kv else None
+
+    def kv_per_slot(self, role: str, n_slots: int | None) -> float | None:
+        """MiB of KV cache each slot pre-allocates (llama.cpp sizes the cache for every slot's context)."""
+        kv = self.total(role, "kv")
+        return kv / n_slots if kv and n_slots else None
+
     def empty(self) -> bool:
         """Nothing recorded."""
         return not (self.allocations or self.free or self.failures)
