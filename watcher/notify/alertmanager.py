@@ -121,8 +121,8 @@ class AlertmanagerError(Exception):
     """Alertmanager refused or could not be reached; the outbox retries."""
 
 
-def post(base_url: str, alerts: Sequence[dict[str, Any]], timeout: float = 10.0, verify: bool = True,
-         auth: tuple[str, str] | None = None) -> None:
+def post(base_url: str, alerts: Sequence[dict[str, Any]], timeout: float | tuple[float, float] = 10.0,
+         verify: bool = True, auth: tuple[str, str] | None = None) -> None:
     """``POST {base_url}/api/v2/alerts``; raises AlertmanagerError unless Alertmanager accepted them."""
     try:
         r = requests.post(base_url.rstrip("/") + "/api/v2/alerts", data=json.dumps(list(alerts)),
@@ -174,8 +174,9 @@ class NotifyAlertmanager(NotifyBase):  # type: ignore[misc]
             alerts = probe_payload(title or "specwatch", body, self.instance or socket.gethostname(), now)
         auth = (str(self.user), str(self.password)) if self.user and self.password else None
         try:
-            post(self.base_url, alerts, timeout=float(self.request_timeout),
-                 verify=bool(self.verify_certificate), auth=auth)
+            # apprise's request_timeout is a (connect, read) pair, which requests takes as it is.
+            post(self.base_url, alerts, timeout=self.request_timeout, verify=bool(self.verify_certificate),
+                 auth=auth)
         except AlertmanagerError as exc:
             msg = str(exc) if d is None else d.redact(str(exc))
             self.logger.warning("Alertmanager delivery failed: %s", msg)

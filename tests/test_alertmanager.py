@@ -1,0 +1,215 @@
+"""The alertmanager:// target against a real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher import catalogue as cat
+from watcher.environment import Environment
+from watcher.incidents import Incident
+from watcher.notify import alertmanager as am
+from watcher.notify.sink import StoreSink
+from watcher.notify.targets import Target
+from watcher.notify.worker import Settings
+from watcher.pipeline import Analyzer
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "engine" / "draft-kv-oom-verbose.log"
+BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+CONFIG = "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(cond: Callable[[], Any], what: str, limit: float = 15.0) -> Any:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+class Alertmanager:
+    """A throw-away Alertmanager process: own config, own data dir, no clustering."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.tmp, self.port = tmp, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert BINARY is not None
+        (self.tmp / "am.yml").write_text(CONFIG)
+        (self.tmp / "data").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [BINARY, f"--config.file={self.tmp / 'am.yml'}", f"--storage.path={self.tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=(self.tmp / "am.log").open("ab"))
+        _wait(self._ready, "Alertmanager to become ready")
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.url + "/api/v2/alerts?active=true&silenced=true&inhibited=true",
+                                    timeout=2) as r:
+            return list(json.load(r))
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    if BINARY is None:
+        pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+    a = Alertmanager(tmp_path, _free_port())
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def _replay(path: Path) -> list[Incident]:
+    analyzer = Analyzer(cat.load([cat.default_dir()]), source=str(path))
+    analyzer.feed(path.read_bytes())
+    analyzer.finish()
+    return analyzer.incidents()
+
+
+def _sink(tmp: Path, url: str) -> StoreSink:
+    env = Environment(io.BytesIO(), io.BytesIO(), io.StringIO(), environ={})
+    return StoreSink(tmp / "state.db", [Target(url)], Settings(repeat=0, backoff=0.2, backoff_max=0.5), env,
+                     exit_grace=5.0)
+
+
+def _firing(a: Alertmanager, kind: str) -> list[dict[str, Any]]:
+    return [x for x in a.alerts() if x["labels"].get("kind") == kind and x["status"]["state"] == "active"]
+
+
+def test_replayed_sample_fires_then_resolves(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """A real draft-KV-OOM log becomes one firing alert with stable labels; its resolution ends it."""
+    incidents = _replay(SAMPLE)
+    assert [i.kind for i in incidents] == ["draft_context_failed"]
+    inc = incidents[0]
+    sink = _sink(tmp_path, f"alertmanager://127.0.0.1:{alertmanager.port}")
+    try:
+        sink.incident(inc, "opened")
+        alert = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")[0]
+        assert alert["labels"] == {
+            "alertname": "SpecwatchDraftContextFailed", "kind": "draft_context_failed", "severity": "critical",
+            "instance": socket.gethostname(), "source": "draft-kv-oom-verbose.log", "model": "target.gguf",
+            "draft_model": "wide-kv.gguf"}
+        assert alert["annotations"]["title"] == inc.title
+        assert alert["annotations"]["specwatch_id"] == inc.key
+        assert "failed" in alert["annotations"]["evidence"]
+        assert alert["annotations"]["hint"]
+        inc.status, inc.resolution = "resolved", "server restarted without the draft"
+        sink.incident(inc, "resolved")
+        _wait(lambda: not _firing(alertmanager, "draft_context_failed"), "the alert to resolve")
+    finally:
+        sink.close()
+
+
+def test_outage_loses_nothing(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """An incident raised while Alertmanager is down reaches it once it is back (the outbox retries)."""
+    inc = _replay(SAMPLE)[0]
+    alertmanager.stop()
+    sink = _sink(tmp_path, f"alertmanager://127.0.0.1:{alertmanager.port}")
+    try:
+        sink.incident(inc, "opened")
+        assert sink.worker is not None
+        _wait(lambda: any(not r.ok for r in sink.worker.run_once()) or sink.worker.pending_count(),
+              "a failed attempt")
+        assert sink.worker.pending_count() == 1
+        alertmanager.start()
+        alert = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert after the outage")[0]
+        assert alert["annotations"]["specwatch_id"] == inc.key
+        _wait(lambda: sink.worker is not None and sink.worker.pending_count() == 0, "the outbox to drain")
+    finally:
+        sink.close()
+
+
+def test_acknowledged_incident_ends_the_alert(alertmanager: Alertmanager) -> None:
+    """Posting an acknowledged incident sets endsAt to the acknowledgement, so Alertmanager resolves it."""
+    inc = _replay(SAMPLE)[0]
+    item = {**inc.as_dict(), "host": "box1", "message": "opened", "opened_at": time.time() - 60,
+            "details": {"model": inc.model, "draft_model": inc.draft_model}}
+    am.post(alertmanager.url, am.alerts_payload([item]))
+    _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
+    acked = {**item, "status": "acknowledged", "acked_at": time.time(), "message": "repeat"}
+    am.post(alertmanager.url, am.alerts_payload([acked]))
+    _wait(lambda: not _firing(alertmanager, "draft_context_failed"), "the acknowledged alert to end")
+
+
+def test_repost_is_one_alert(alertmanager: Alertmanager) -> None:
+    """Re-posting an open incident refreshes the same alert (same label set), never adds one."""
+    inc = _replay(SAMPLE)[0]
+    item = {**inc.as_dict(), "host": "box1", "message": "opened", "details": {"model": inc.model}}
+    for message in ("opened", "repeat", "repeat"):
+        am.post(alertmanager.url, am.alerts_payload([{**item, "message": message}]))
+    alerts = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
+    assert len(alerts) == 1
+    assert alerts[0]["labels"]["instance"] == "box1"
+
+
+def test_unreachable_alertmanager_raises() -> None:
+    """A refused connection is an AlertmanagerError (the plugin returns False and the outbox retries)."""
+    with pytest.raises(am.AlertmanagerError):
+        am.post(f"http://127.0.0.1:{_free_port()}", am.alerts_payload([{"kind": "spec_disabled"}]), timeout=2)
+
+
+def test_payload_times_and_labels() -> None:
+    """Firing alerts end ttl after the post; resolved ones at their resolution; labels never carry paths."""
+    now = 1_700_000_000.0
+    firing = am.alerts_payload([{"kind": "spec_disabled", "severity": "warning", "host": "h",
+                                 "source": "/var/log/llama/server-2024-05-01.log", "opened_at": now - 10,
+                                 "details": {"model": "/models/big.gguf"}}], now=now, ttl=600)[0]
+    assert firing["labels"]["source"] == "server.log"
+    assert firing["labels"]["model"] == "big.gguf"
+    assert firing["startsAt"] == am.rfc3339(now - 10)
+    assert firing["endsAt"] == am.rfc3339(now + 600)
+    resolved = am.alerts_payload([{"kind": "spec_disabled", "status": "resolved", "resolved_at": now - 1,
+                                   "opened_at": now - 10}], now=now)[0]
+    assert resolved["endsAt"] == am.rfc3339(now - 1)
+
+
+def test_apprise_knows_the_schemes() -> None:
+    """alertmanager:// and alertmanagers:// are apprise URLs; the password never shows in the privacy URL."""
+    import apprise
+
+    ap = apprise.Apprise()
+    assert ap.add("alertmanager://127.0.0.1:9093")
+    assert ap.add("alertmanagers://user:s3cretpass@am.example:443/prefix?ttl=60")
+    shown = [s.url(privacy=True) for s in ap]
+    assert not any("s3cretpass" in u for u in shown)
+    assert ap[1].base_url == "https://am.example:443/prefix"
+    assert ap[1].ttl == 60
