@@ -282,27 +282,27 @@ class Follower:
 
     def _drain_replaced(self, s: FileStream, cp: Checkpoint) -> None:
         """The file at this path was replaced while specwatch was down: read the rest of the old one."""
-        old = self._find_by_identity(os.path.dirname(s.path), cp.identity)
-        if old is None:
+        found = self._find_by_inode(os.path.dirname(s.path), cp.identity)
+        if found is None:
             self._notice(s.path, "replaced while specwatch was stopped; reading the new file from its start")
             return
+        old, fd, same = found
         try:
-            fd = os.open(old, os.O_RDONLY)
-        except OSError as exc:
-            self._error(old, exc)
-            return
-        try:
-            os.lseek(fd, cp.offset, os.SEEK_SET)
-            s.analyzer.framer.lines = cp.lines
+            # Same inode but other first bytes: it was truncated and rewritten before it was moved.
+            os.lseek(fd, cp.offset if same else 0, os.SEEK_SET)
+            s.analyzer.framer.lines = cp.lines if same else 0
             n, partial = self._pump(fd, s.analyzer)
             if partial:
                 s.analyzer.feed(b"\n")
             self._notice(s.path, f"replaced while specwatch was stopped; read the rest of {old} ({n} bytes)")
+        except OSError as exc:
+            self._error(old, exc)
         finally:
             os.close(fd)
         self.counters["rotations"] += 1
 
-    def _find_by_identity(self, directory: str, ident: Identity) -> str | None:
+    def _find_by_inode(self, directory: str, ident: Identity) -> tuple[str, int, bool] | None:
+        """An unfollowed file next to the path with the old inode: (path, open fd, same first bytes)."""
         followed = set(self.streams)
         with contextlib.suppress(OSError), os.scandir(directory) as it:
             for entry in it:
@@ -313,13 +313,10 @@ class Follower:
                     continue
                 try:
                     fd = os.open(entry.path, os.O_RDONLY)
-                except OSError:
-                    continue
-                try:
-                    if same_file(ident, fd, os.fstat(fd)):
-                        return entry.path
-                finally:
-                    os.close(fd)
+                except OSError as exc:
+                    self._error(entry.path, exc)
+                    return None
+                return entry.path, fd, same_file(ident, fd, os.fstat(fd))
         return None
 
     # -- following --------------------------------------------------------------------------------
