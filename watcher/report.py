@@ -28,7 +28,8 @@ def banner(inc: Incident, colour: bool, width: int = 100) -> str:
     sev = inc.severity.upper()
     head = "SPECWATCH " + ("RESOLVED" if inc.status == "resolved" else sev)
     rule = "=" * width
-    lines = [p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, f"{rule}"),
+    # Starts with a newline: the server's last line may not have ended when the banner arrives.
+    lines = ["", p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, f"{rule}"),
              p(_BOLD, f"{head}: {inc.title}")]
     lines += _details(inc, width)
     lines.append(p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, rule))

@@ -293,7 +293,7 @@ class Stream:
         if prev and prev.role == run.role and ln_close(prev.lineno, ev.record.lineno) and (
             prev.mib is None or mib is None or abs(prev.mib - mib) < 1
         ):
-            if prev.device == "?" or prev.device.startswith(("CUDA", "ROCm")) and dev != "?":
+            if prev.device == "?" or (prev.device.startswith(("CUDA", "ROCm")) and dev != "?"):
                 prev.device = dev if dev != "?" else prev.device
             prev.mib = prev.mib or mib
             return

@@ -1,0 +1,147 @@
+"""Benchmark: what specwatch costs beside a server, compared with grep on the same log in the same run.
+
+Builds a verbose llama.cpp log of SIZE MiB (default 256): the real verbose engine logs of samples/engine
+(load lines, slots, timing, acceptance, a few failures) spread through ordinary per-request lines, so a
+few relevant lines sit among millions of ordinary ones. Then measures, as child CPU seconds:
+
+- ``grep -cE`` with the catalogue's anchor literals (the bar: specwatch's goal is grep itself);
+- ``specwatch scan`` of the file;
+- a naive Python loop applying every catalogue regex to every line (what most log watchers do);
+- pipe mode (``specwatch < log > /dev/null``): throughput and peak RSS, at two input sizes to show RSS is flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from watcher import catalogue  # noqa: E402
+
+ORDINARY = [
+    "slot update_slots: id  {s} | task {t} | kv cache rm [{n}, end)",
+    "slot update_slots: id  {s} | task {t} | prompt processing progress, n_past = {n}, n_tokens = 512, progress = 0.250000",
+    "srv  params_from_: Chat format: Content-only",
+    "slot get_availabl: id  {s} | task -1 | selected slot by lcs similarity, lcs_len = {n}, similarity = 0.987 (> 0.100 thold)",
+    "slot launch_slot_: id  {s} | task {t} | processing task",
+    "srv  update_slots: all slots are idle",
+    "srv  log_server_r: request: POST /v1/chat/completions 127.0.0.1 200",
+    "slot      release: id  {s} | task {t} | stop processing: n_tokens = {n}, truncated = 0",
+    "que    start_loop: processing new tasks",
+    "que    start_loop: update slots",
+    "srv  update_slots: run slots completed",
+    "que    start_loop: waiting for new tasks",
+    "slot update_slots: id  {s} | task {t} | n_tokens = {n}, memory_seq_rm [{n}, end)",
+]
+
+
+def make_log(path: Path, mib: int) -> None:
+    """A verbose log of ``mib`` MiB with the real engine logs spliced in every ~8 MiB."""
+    rnd = random.Random(1)
+    real = [p.read_bytes() for p in sorted((ROOT / "samples" / "engine").glob("*-verbose.log"))]
+    target = mib * 1024 * 1024
+    size = 0
+    with path.open("wb") as f:
+        block_lines = []
+        for _ in range(20000):
+            tpl = rnd.choice(ORDINARY)
+            block_lines.append(tpl.format(s=rnd.randrange(4), t=rnd.randrange(100000), n=rnd.randrange(100000)))
+        block = ("\n".join(block_lines) + "\n").encode()
+        i = 0
+        while size < target:
+            f.write(block)
+            size += len(block)
+            if i % 4 == 0:
+                chunk = real[(i // 4) % len(real)]
+                f.write(chunk)
+                size += len(chunk)
+            i += 1
+
+
+def child_cpu(cmd: list[str], stdin: Path | None = None, stdout: int | None = subprocess.DEVNULL) -> tuple[float, float, int]:
+    """(cpu seconds, wall seconds, peak RSS KiB) of one child run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as fin:  # noqa: PTH123
+        subprocess.run(cmd, stdin=fin, stdout=stdout, stderr=subprocess.DEVNULL, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, wall, after.ru_maxrss
+
+
+NAIVE = """
+import sys
+sys.path.insert(0, {root!r})
+from watcher import catalogue
+pats = catalogue.load().patterns
+n = 0
+with open(sys.argv[1], 'rb') as f:
+    for raw in f:
+        line = raw.decode('utf-8', 'replace')
+        for p in pats:
+            if p.regex.search(line):
+                n += 1
+                break
+print(n)
+"""
+
+
+def main() -> int:
+    """Run every measurement and print a Markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=256, help="log size in MiB (default 256)")
+    ap.add_argument("--naive-size", type=int, default=32, help="MiB given to the naive loop (it is slow)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    data = ROOT / "bench" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / f"verbose-{args.size}.log"
+    small = data / f"verbose-{args.naive_size}.log"
+    for p, m in ((log, args.size), (small, args.naive_size)):
+        if not p.exists():
+            make_log(p, m)
+    anchors = catalogue.load().anchors
+    grep_re = "|".join(a.replace("\\", "\\\\").replace(".", "\\.").replace("[", "\\[").replace("(", "\\(")
+                       .replace("|", "\\|").replace("*", "\\*").replace("+", "\\+").replace("?", "\\?")
+                       for a in anchors)
+    py = sys.executable
+    env_cmd = [py, "-m", "watcher"]
+    os.environ["PYTHONPATH"] = str(ROOT)
+    os.environ.setdefault("SPECWATCH_STATE_DIR", str(data / "state"))
+    mib = log.stat().st_size / (1024 * 1024)
+
+    def best(cmd: list[str], stdin: Path | None = None) -> tuple[float, float, int]:
+        runs = [child_cpu(cmd, stdin) for _ in range(args.repeat)]
+        return min(runs, key=lambda r: r[0])
+
+    grep = best(["grep", "-cE", grep_re, str(log)])
+    scan = best([*env_cmd, "scan", "--json", str(log)])
+    pipe = best([*env_cmd, "--no-summary"], stdin=log)
+    pipe_small = best([*env_cmd, "--no-summary"], stdin=small)
+    naive = best([py, "-c", NAIVE.format(root=str(ROOT)), str(small)])
+    naive_per_mib = naive[0] / (small.stat().st_size / (1024 * 1024))
+    print(f"log: {mib:.0f} MiB, {len(anchors)} anchors, python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
+    print("| what | CPU s | x grep | throughput | peak RSS |")
+    print("|---|---|---|---|---|")
+    print(f"| grep -cE (anchors) | {grep[0]:.2f} | 1.0 | {mib / grep[1]:.0f} MiB/s | {grep[2] / 1024:.0f} MiB |")
+    print(f"| specwatch scan | {scan[0]:.2f} | {scan[0] / grep[0]:.1f} | {mib / scan[1]:.0f} MiB/s | "
+          f"{scan[2] / 1024:.0f} MiB |")
+    print(f"| specwatch pipe to /dev/null | {pipe[0]:.2f} | {pipe[0] / grep[0]:.1f} | {mib / pipe[1]:.0f} MiB/s | "
+          f"{pipe[2] / 1024:.0f} MiB |")
+    print(f"| specwatch pipe, {args.naive_size} MiB input | {pipe_small[0]:.2f} | - | - | {pipe_small[2] / 1024:.0f} MiB |")
+    print(f"| naive regex-per-line loop (extrapolated from {args.naive_size} MiB) | {naive_per_mib * mib:.1f} | "
+          f"{naive_per_mib * mib / grep[0]:.0f} | {1 / naive_per_mib:.1f} MiB/s | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
