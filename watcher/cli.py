@@ -38,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: llama-server -m big.gguf -md draft.gguf 2>&1 | specwatch",
     )
     p.add_argument("--version", action="version", version=f"specwatch {__version__}")
+    # Import every command first: their modules register the options and sinks (store, notifications,
+    # metrics, probes) that pipe mode shares with them.
+    modules = [importlib.import_module(name) for name in COMMANDS]
     add_analysis_options(p)
     add_pipe_options(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        importlib.import_module(name).add_parser(sub)
+    for module in modules:
+        module.add_parser(sub)
     return p
 
 
