@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: Sequence[str], env: Environment) -> ExitStatus:
+def run(argv: Sequence[str], env: Environment) -> int:
     """Run one command; every expected failure becomes a one-line message and an exit status."""
     try:
         parser = build_parser()
@@ -63,9 +63,10 @@ def run(argv: Sequence[str], env: Environment) -> ExitStatus:
             from watcher.commands import pipe
 
             return pipe.run(args, env)
-        return ExitStatus(handler(args, env))
+        # Not ExitStatus(...): ``run`` passes the supervised child's own status through, whatever it is.
+        return int(handler(args, env))
     except UsageError as exc:
         env.stderr.write(f"specwatch: {exc}\n")
         return ExitStatus.USAGE
     except SystemExit as exc:  # --help and --version
-        return ExitStatus(exc.code or 0) if isinstance(exc.code, int) else ExitStatus.OK
+        return exc.code if isinstance(exc.code, int) else ExitStatus.OK

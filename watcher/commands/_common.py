@@ -96,7 +96,7 @@ def _open_events(target: str, env: Environment) -> tuple[TextIO, bool]:
     if target == "-":
         return env.stderr, False
     try:
-        return open(target, "a", encoding="utf-8", buffering=1), True  # noqa: SIM115 - closed by the sink
+        return open(target, "a", encoding="utf-8", buffering=1), True
     except OSError as exc:
         raise UsageError(f"--events {target}: {exc.strerror or exc}") from exc
 
@@ -114,5 +114,11 @@ def dispatcher(ctx: Context, env: Environment) -> Dispatcher:
         except (OSError, ValueError):
             pass
 
-    return Dispatcher(ctx.sinks, settle=ctx.settle, on_error=on_error)
+    disp = Dispatcher(ctx.sinks, settle=ctx.settle, on_error=on_error)
+    for sink in ctx.sinks:
+        # Sinks that also produce incidents (the --probe poller) feed them back through the dispatcher.
+        attach = getattr(sink, "attach", None)
+        if attach is not None:
+            attach(disp)
+    return disp
 
