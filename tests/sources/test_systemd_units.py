@@ -32,7 +32,7 @@ def test_unit_verifies(analyze: str, tmp_path: Path, unit: str, instance: str) -
     (tmp_path / instance).write_text(text)
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    proc = subprocess.run([analyze, "--user", "verify", str(tmp_path / instance)], capture_output=True,
+    proc = subprocess.run([analyze, "--user", "verify", str(tmp_path / instance)], capture_output=True, check=False,
                           text=True, env={"XDG_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin",
                                           "HOME": str(tmp_path)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
