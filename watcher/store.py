@@ -142,7 +142,7 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
-    def record(self, inc: Mapping[str, Any], change: str, now: float) -> tuple[str, StoredIncident]:
+    def record(self, inc: Mapping[str, Any], change: str, now: float) -> tuple[str, StoredIncident | None]:
         """Apply one incident change (``Incident.as_dict()``, and the dispatcher's change) and say what it did."""
         key = str(inc["id"])
         with self.transaction() as c:
@@ -179,7 +179,7 @@ class Store:
                 c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
                           (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
-        return what, _row(r)
+        return what, (_row(r) if r else None)
 
     def resolve_id(self, prefix: str) -> str | None:
         """The full key an id (or a unique prefix of one, as ``status`` prints them) names."""

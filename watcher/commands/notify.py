@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("action", choices=["test", "list", "flush"])
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="flush: keep retrying failed deliveries for up to SECONDS (default: one pass)")
-    p.add_argument("--config", metavar="FILE", help="configuration file")
+    p.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
     notify_sink.add_options(p)
     p.set_defaults(handler=run)
 

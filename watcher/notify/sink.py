@@ -74,6 +74,8 @@ class StoreSink:
 
     def _record(self, store: Store, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
         what, row = store.record(inc, change, now)
+        if row is None:
+            return
         want = [(t.id, t.label) for t in self.targets if t.accepts(row.severity)]
         if what in ("opened", "reopened") and want:
             outbox.enqueue(want, row.key, row.generation, "opened", row.severity, now)

@@ -1,0 +1,101 @@
+"""The incident store: lifecycle, ids, history, shared by several connections."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher.incidents import Evidence, Incident
+from watcher.store import AmbiguousIdError, Store
+
+
+def inc(source: str = "srv", **kw: object) -> Incident:
+    i = Incident(kind="draft_context_failed", severity="critical", source=source, run=1, draft_model="d.gguf",
+                 device="CUDA1", mib=7168.0, slots=[0, 1, 2, 3], hint="lower -cd", **kw)  # type: ignore[arg-type]
+    i.evidence = [Evidence(3, "cudaMalloc failed: out of memory")]
+    return i
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(tmp_path / "s.db", host="box")
+
+
+def test_open_then_repeat_bumps_count(store: Store) -> None:
+    """A repeat of an open incident only bumps count and last_seen."""
+    i = inc()
+    assert store.record(i.as_dict(), "opened", 100.0)[0] == "opened"
+    what, row = store.record(i.as_dict(), "opened", 200.0)
+    assert what == "repeat" and row.count == 2 and row.last_seen == 200.0 and row.first_seen == 100.0
+    assert row.status == "open" and row.generation == 1 and row.host == "box" and row.slots == [0, 1, 2, 3]
+    assert row.title == i.title
+
+
+def test_ack_resolve_and_recurrence_reopens(store: Store) -> None:
+    """Acknowledged, then resolved, then recurring: opens again in a new generation with the ack cleared."""
+    i = inc()
+    store.record(i.as_dict(), "opened", 1.0)
+    assert store.acknowledge([i.key], "on it", 2.0) == [i.key]
+    assert store.get(i.key).status == "acknowledged"  # type: ignore[union-attr]
+    what, row = store.record(i.as_dict(), "opened", 3.0)
+    assert what == "repeat" and row.status == "acknowledged"
+    i.status = "resolved"
+    assert store.record(i.as_dict(), "resolved", 4.0)[0] == "resolved"
+    i.status = "open"
+    what, row = store.record(i.as_dict(), "opened", 5.0)
+    assert what == "reopened" and row.status == "open" and row.generation == 2 and row.ack_note == ""
+    assert [h[2] for h in store.history()] == ["reopened", "resolved", "repeat", "acknowledged", "opened"]
+
+
+def test_resolve_of_unknown_is_unchanged(store: Store) -> None:
+    """A resolution for an incident never stored does nothing."""
+    i = inc()
+    i.status = "resolved"
+    assert store.record(i.as_dict(), "resolved", 1.0)[0] == "unchanged"
+    assert store.open_incidents() == []
+
+
+def test_prefix_ids(store: Store) -> None:
+    """Ids may be given as unique prefixes; an ambiguous prefix is an error."""
+    a, b = inc("a"), inc("b")
+    store.record(a.as_dict(), "opened", 1.0)
+    store.record(b.as_dict(), "opened", 1.0)
+    assert store.resolve_id(a.key[:10]) == a.key
+    assert store.resolve_id("zzzz") is None
+    with pytest.raises(AmbiguousIdError):
+        store.resolve_id("")
+
+
+def test_file_mode_and_shared(tmp_path: Path) -> None:
+    """The database is 0600, and a second connection sees the first one's writes."""
+    s1, s2 = Store.open(tmp_path / "x.db"), Store.open(tmp_path / "x.db")
+    s1.record(inc().as_dict(), "opened", 1.0)
+    assert len(s2.open_incidents()) == 1
+    assert stat.S_IMODE(os.stat(tmp_path / "x.db").st_mode) == 0o600
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["opened", "updated", "resolved", "ack"]), max_size=12))
+def test_lifecycle_invariants(tmp_path_factory: pytest.TempPathFactory, steps: list[str]) -> None:
+    """Whatever happens, count never drops, generation only grows on reopen, status stays valid."""
+    store = Store.open(tmp_path_factory.mktemp("h") / "h.db")
+    i = inc()
+    count, gen = 0, 0
+    for t, step in enumerate(steps):
+        if step == "ack":
+            store.acknowledge(None, "", float(t))
+        else:
+            i.status = "resolved" if step == "resolved" else "open"
+            store.record(i.as_dict(), step, float(t))
+        row = store.get(i.key)
+        if row is None:
+            continue
+        assert row.status in ("open", "acknowledged", "resolved")
+        assert row.count >= count and row.generation >= gen
+        count, gen = row.count, row.generation
+    store.close()
