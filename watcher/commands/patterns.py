@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher.classify import Classifier
+from watcher.commands import audit as audit_command
 from watcher.commands._common import UsageError, load_catalogue
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     t.add_argument("file", type=Path, help="log file")
     t.add_argument("--matched", action="store_true", help="also print every matched line")
     _common_options(t)
+    audit_command.add_action(actions, _common_options)
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     catalogue = load_catalogue(args.patterns)
     if args.action == "test":
         return _test(Classifier(catalogue), args, env)
+    if args.action == "audit":
+        return audit_command.run(catalogue, args, env)
     return _list(catalogue, args, env)
 
 
