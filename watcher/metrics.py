@@ -44,6 +44,9 @@ _HOST_IS_ADDRESS = {"alertmanager", "alertmanagers", "json", "jsons", "xml", "xm
                     "gotify", "gotifys", "mailto", "mailtos", "http", "https"}
 _DATEISH = re.compile(r"[-_.]?\d[\d\-_.:T]{3,}\d")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]+")
+#: Every word of ``patterns.RELEVANT`` in lower case: containing one is necessary for a RELEVANT match.
+_RELEVANT_WORDS = ("draft", "specul", "mtp", "alloc", "out of memory", "oom", "vocab", "failed", "cannot",
+                   "unable", "error")
 
 cfg.SCHEMA.setdefault("metrics", {
     "listen": ((str,), "HOST:PORT to serve Prometheus metrics on (same as --metrics-listen)"),
@@ -126,8 +129,13 @@ class _CountingClassifier:
     def classify(self, record: Record) -> Event | None:
         """Classify as before; count the relevant-looking misses."""
         ev = self.inner.classify(record)
-        if ev is None and RELEVANT.search(record.text) and not NOISE.search(record.text):
-            self.counts.unmatched += 1
+        if ev is None:
+            # Most prefiltered lines are ordinary slot/task lines. Substring tests for RELEVANT's words on the
+            # lowered text reject them several times faster than its case-insensitive alternation would.
+            low = record.text.lower()
+            if any(w in low for w in _RELEVANT_WORDS) and RELEVANT.search(record.text) \
+                    and not NOISE.search(record.text):
+                self.counts.unmatched += 1
         return ev
 
     def __getattr__(self, name: str) -> Any:
