@@ -57,7 +57,7 @@ def test_group_resolved_and_no_duplicates(receiver: Receiver, state: Path) -> No
     """Incidents arriving together are one message; resolving sends one resolved message; re-runs send nothing."""
     url = f"json://127.0.0.1:{receiver.port}/g"
     record(state, [url], [incident(1), incident(2), incident(3)])
-    env, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
+    env, _out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
     assert cli.run(["notify", "flush"], env) == 0
     assert len(receiver.bodies("/g")) == 1
     grouped = receiver.bodies("/g")[0]
@@ -82,7 +82,7 @@ def test_repeat_until_acknowledged(receiver: Receiver, state: Path) -> None:
     w.run_once()
     w.run_once()
     assert [b["title"][:11] for b in receiver.bodies("/r")] == ["Speculative", "Still open:"]
-    env, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state)})
+    env, _out, _ = make_env({"SPECWATCH_STATE_DIR": str(state)})
     assert cli.run(["status"], env) == 1
     assert cli.run(["ack", "--all", "--note", "swapping the draft"], env) == 0
     assert cli.run(["status"], env) == 0
@@ -123,7 +123,7 @@ def test_kill9_mid_retry_then_restart(receiver: Receiver, state: Path, tmp_path:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     receiver.up()
-    e, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
+    e, _out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
     assert cli.run(["notify", "flush", "--wait", "10", "--config", str(conf)], e) == 0
     assert cli.run(["notify", "flush", "--config", str(conf)], e) == 0
     assert len(receiver.bodies("/k")) == 1  # both incidents, grouped, once

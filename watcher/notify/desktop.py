@@ -1,4 +1,5 @@
-"""The first-party desktop notifier, registered with apprise as ``specwatch-desktop://``.
+"""The first-party desktop notifier, registered with apprise as ``specwatch://`` (apprise schemes are
+[a-z0-9] only, so no hyphen).
 
 apprise's own desktop schemes cannot keep an alert up (``dbus://`` always asks for a 13 s expiry and needs OS
 Python bindings). On Linux and the BSDs this plugin speaks the freedesktop Notifications protocol with jeepney
@@ -12,7 +13,7 @@ button works while the specwatch process that showed the bubble runs (a pipe, ``
 On macOS and Windows it uses desktop-notifier (critical urgency, an Acknowledge button while the process runs);
 how long the bubble stays is up to the OS notification centre there.
 
-URL options: ``specwatch-desktop://?ack=no`` hides the button.
+URL options: ``specwatch://?ack=no`` hides the button.
 """
 
 from __future__ import annotations
@@ -37,20 +38,18 @@ class FreedesktopClient:
     """One session-bus connection per process: sends, replaces in place, and hears the Acknowledge button."""
 
     def __init__(self) -> None:
-        from jeepney import DBusAddress, MatchRule
-        from jeepney.io.threading import open_dbus_router
+        from jeepney import DBusAddress, MatchRule, new_method_call
+        from jeepney.bus_messages import message_bus
+        from jeepney.io.threading import DBusRouter, open_dbus_connection
 
         self.addr = DBusAddress(PATH, bus_name=BUS, interface=BUS)
-        self.router = open_dbus_router(bus="SESSION")
-        self.router.__enter__()
+        self.router = DBusRouter(open_dbus_connection(bus="SESSION"))
         self.lock = threading.Lock()
         #: notification id -> (incident ids, acknowledge callback)
         self.shown: dict[int, tuple[list[str], Callable[[Sequence[str], str], list[str]]]] = {}
-        #: first incident id of a group -> notification id, for replaces_id
+        #: incident id -> notification id showing it, for replaces_id
         self.bubbles: dict[str, int] = {}
         rule = MatchRule(type="signal", interface=BUS, path=PATH)
-        from jeepney import new_method_call
-        from jeepney.bus_messages import message_bus
         self.router.send_and_get_reply(new_method_call(message_bus, "AddMatch", "s", (rule.serialise(),)),
                                        timeout=5)
         self.signals = self.router.filter(rule, bufsize=64)
@@ -90,7 +89,7 @@ class FreedesktopClient:
     def _listen(self) -> None:
         while True:
             try:
-                sig = self.signals.get()
+                sig = self.signals.queue.get()
             except Exception:  # noqa: BLE001 - the bus went away: buttons stop working, sending reports errors
                 return
             if sig.header.fields.get(3) == "ActionInvoked":  # 3 = HeaderFields.member
@@ -141,7 +140,7 @@ def _send_other(delivery: Delivery, title: str, body: str, with_ack: bool) -> bo
     return True
 
 
-@apprise.decorators.notify(on="specwatch-desktop", name="specwatch desktop (stays until dismissed)")  # type: ignore[untyped-decorator,no-untyped-call]
+@apprise.decorators.notify(on="specwatch", name="specwatch desktop (stays until dismissed)")  # type: ignore[untyped-decorator,no-untyped-call]
 def _notify(body: str, title: str, notify_type: str, meta: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
     del notify_type, args, kwargs
     d = current() or Delivery(target_id="", title=title, body=body, severity="warning")

@@ -1,0 +1,126 @@
+"""The specwatch:// notifier against a real notification server: dunst on a private D-Bus under Xvfb."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.notify.conftest import incident, make_env
+from watcher.notify import desktop
+from watcher.notify.sink import StoreSink
+from watcher.notify.targets import parse
+from watcher.notify.worker import Settings, Worker
+from watcher.store import Store
+
+pytestmark = pytest.mark.dbus
+NEEDED = ("dbus-daemon", "dbus-send", "Xvfb", "dunst", "dunstctl", "dbus-monitor")
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return bool(cond())
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[dict[str, str]]:
+    missing = [b for b in NEEDED if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (Debian: dunst xvfb dbus-x11 libnotify-bin)")
+    procs: list[subprocess.Popen[bytes]] = []
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"], stdout=subprocess.PIPE)
+    procs.append(bus)
+    assert bus.stdout is not None
+    address = bus.stdout.readline().decode().strip()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", "1", "-nolisten", "tcp"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    procs.append(xvfb)
+    assert xvfb.stdout is not None
+    display = ":" + xvfb.stdout.readline().decode().strip()
+    # dmenu stands in for the person choosing "Acknowledge" in dunst's context menu.
+    menu = tmp_path / "menu.sh"
+    menu.write_text("#!/bin/sh\ngrep -i acknowledge | head -n1\n")
+    menu.chmod(0o755)
+    rc = tmp_path / "dunstrc"
+    rc.write_text(f'[global]\ndmenu = "{menu}"\n[urgency_low]\ntimeout = 1\n[urgency_normal]\ntimeout = 1\n'
+                  "[urgency_critical]\ntimeout = 1\n")
+    env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address, "DISPLAY": display}
+    procs.append(subprocess.Popen(["dunst", "-config", str(rc)], env=env, stderr=subprocess.DEVNULL))
+    # Ask whether our dunst owns the name without auto-starting another one (that one would have no display).
+    owned = ["dbus-send", "--session", "--print-reply=literal", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+             "org.freedesktop.DBus.NameHasOwner", "string:org.freedesktop.Notifications"]
+    assert wait_for(lambda: "true" in subprocess.run(owned, env=env, capture_output=True, text=True,
+                                                     check=False).stdout)
+    old = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
+    desktop._client = None
+    try:
+        yield env
+    finally:
+        desktop._client = None
+        if old is None:
+            os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        else:
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = old
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=5)
+
+
+def displayed(env: dict[str, str]) -> int:
+    return int(subprocess.run(["dunstctl", "count", "displayed"], env=env, capture_output=True, check=False,
+                              text=True).stdout.strip() or 0)
+
+
+def test_critical_stays_updates_in_place_and_acknowledges(session: dict[str, str], tmp_path: Path) -> None:
+    """Critical urgency, no expiry (outlives dunst's 1 s timeouts), repeats replace the bubble, the button acks."""
+    state = tmp_path / "state"
+    db = state / "specwatch.db"
+    url = "specwatch://"
+    e, _, _ = make_env({})
+    sink = StoreSink(db, [parse(url)], Settings(repeat=0), e, exit_grace=0)
+    inc = incident()
+    sink.incident(inc, "opened")
+    sink.close()
+    now = [time.time()]
+    w = Worker(db, [parse(url)], Settings(repeat=60), clock=lambda: now[0])
+    assert wait_for(lambda: (w.run_once() or True) and displayed(session) == 1)
+    time.sleep(2.5)  # longer than every timeout in this dunstrc: only expire_timeout 0 keeps it up
+    assert displayed(session) == 1
+    now[0] += 61
+    assert [r.ok for r in w.run_once()] == [True]  # the repeat
+    assert displayed(session) == 1  # replaced in place, not stacked
+    subprocess.run(["dunstctl", "context"], env=session, check=True, timeout=10)
+    store = Store.open(db)
+    assert wait_for(lambda: store.get(inc.key).status == "acknowledged")  # type: ignore[union-attr]
+    assert "desktop" in store.get(inc.key).ack_note  # type: ignore[union-attr]
+    assert wait_for(lambda: displayed(session) == 0)
+
+
+def test_notify_call_arguments(session: dict[str, str], tmp_path: Path) -> None:
+    """The Notify call carries urgency byte 2, expire_timeout 0 and the Acknowledge action (seen on the bus)."""
+    monitor = subprocess.Popen(["dbus-monitor", "--session", "interface='org.freedesktop.Notifications'"],
+                               env=session, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)  # let the monitor register before the call it must see
+    e, _, _ = make_env({})
+    db = tmp_path / "s" / "specwatch.db"
+    sink = StoreSink(db, [parse("specwatch://")], Settings(repeat=0), e, exit_grace=0)
+    sink.incident(incident(), "opened")
+    sink.close()
+    w = Worker(db, [parse("specwatch://")], Settings(repeat=0))
+    assert wait_for(lambda: (w.run_once() or True) and displayed(session) == 1)
+    monitor.terminate()
+    out, _ = monitor.communicate(timeout=5)
+    call = out[out.index("member=Notify"):]
+    assert '"urgency"' in call and "variant             byte 2" in call
+    assert 'string "acknowledge"' in call and 'string "Acknowledge"' in call
+    assert call.split("]")[-1].strip().splitlines()[0].strip() == "int32 0"
