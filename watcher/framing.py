@@ -40,21 +40,30 @@ def _cost(byte: int) -> float:
 def plan_probes(anchors: Iterable[str], min_len: int = 3) -> dict[int, list[bytes]]:
     """Choose, for every anchor, a probe literal inside it so that few and cheap first bytes are scanned.
 
-    A greedy weighted set cover: repeatedly take the first byte that lets the most remaining anchors be
-    found per unit of scan cost; each anchor is then probed from that byte to its end. Any line holding
-    an anchor holds its probe, so nothing relevant is lost; a probe may also pass a few other lines,
-    which the classifier's own anchor check discards.
+    A greedy weighted set cover over first bytes: an anchor can be found from its own first byte (the probe
+    is the whole anchor), from a rare byte inside it, or from a common byte that leaves at least 7 bytes
+    (the probe runs from there to the anchor's end, long enough to stay selective). Each round takes the byte that finds the most remaining anchors per unit
+    of scan cost. Any line holding an anchor holds its probe, so nothing relevant is lost.
     """
     todo = {a.encode() for a in anchors if len(a.encode()) >= min_len}
+
+    def starts(a: bytes, b: int) -> int | None:
+        if a[0] == b:
+            return 0
+        # Inside an anchor, a common byte only starts a probe long enough to stay selective.
+        need = min_len if _cost(b) < 1 else 7
+        return next((i for i in range(len(a) - need + 1) if a[i] == b), None)
+
     plan: dict[int, list[bytes]] = {}
     while todo:
         best, best_score, best_cover = -1, -1.0, set()
         for b in range(256):
-            cover = {a for a in todo if any(a[i] == b for i in range(len(a) - min_len + 1))}
+            cover = {a for a in todo if starts(a, b) is not None}
             if cover and len(cover) / _cost(b) > best_score:
                 best, best_score, best_cover = b, len(cover) / _cost(b), cover
         for a in best_cover:
-            i = next(i for i in range(len(a) - min_len + 1) if a[i] == best)
+            i = starts(a, best)
+            assert i is not None
             plan.setdefault(best, []).append(a[i:])
         todo -= best_cover
     return plan
