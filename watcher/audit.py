@@ -39,7 +39,7 @@ TOPIC = re.compile(
     r"alloc|out of memory|\bOOM\b|MiB|\bMB\b|buffer size|free memory|device memory|"
     r"kv cache|KV (?:self|buffer)|initialize the context|create[ _]context|n_slots|new slot|"
     r"failed to load model|loading model|error loading model|model loaded|exiting due|"
-    r"statistics|fit params|fitting params|vocab type|vocab must",
+    r"statistics|fit params|fitting params|failed to measure|vocab type|vocab must",
     re.IGNORECASE)
 
 #: Messages that contain a topic word but say nothing specwatch acts on, with the reason.
@@ -520,7 +520,7 @@ _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?[fFuUlL]*$")
 
 def _value_for(expr: str, kind: str) -> str:
     """A realistic value for an argument, guessed from the argument's own text."""
-    e = expr.strip()
+    e = re.sub(r"^\((?:const\s+)?[\w:]+(?:\s*\*)?\)\s*", "", expr.strip())  # drop a C cast
     low = e.lower()
     if _NUMBER.match(e):
         return e.rstrip("fFuUlL")

@@ -1,0 +1,194 @@
+"""The shipped catalogue checks itself: examples, near-misses, anchors, prefixes, errors of bad pattern files,
+and the annotated corpus in tests/corpus (fail2ban-style ``# expect:`` lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher import catalogue as cat
+from watcher.classify import Classifier
+from watcher.events import Record
+from watcher.framing import Framer, LineSelector
+
+CORPUS = Path(__file__).parent / "corpus"
+CATALOGUE = cat.load()
+CLASSIFIER = Classifier(CATALOGUE)
+ALL_EXAMPLES = [(p, ex) for p in CATALOGUE.patterns for ex in p.examples]
+ALL_NEAR_MISSES = [(p, nm) for p in CATALOGUE.patterns for nm in p.near_misses]
+#: Prefixes llama.cpp and its hosts put before a message: timestamps and level letters (--log-prefix,
+#: --log-timestamps), router-mode children ("[pid] "), LM Studio's indentation.
+PREFIXES = ["", "0.03.621.477 E ", "I ", "[41907] 13.06.287.074 I ", "[41907] ", " "]
+
+
+def _id(item: tuple[cat.Pattern, Any]) -> str:
+    return item[0].id
+
+
+def _classify(line: str) -> tuple[str | None, dict[str, Any]]:
+    ev = CLASSIFIER.classify(Record(line, 1))
+    return (ev.pattern, ev.fields) if ev else (None, {})
+
+
+def test_every_pattern_has_examples_and_known_fields() -> None:
+    """Every pattern carries at least one real example line."""
+    assert CATALOGUE.patterns
+    for p in CATALOGUE.patterns:
+        assert p.examples, p.id
+
+
+@pytest.mark.parametrize("item", ALL_EXAMPLES, ids=[_id(i) for i in ALL_EXAMPLES])
+def test_example_matches_its_own_pattern_first(item: tuple[cat.Pattern, cat.Example]) -> None:
+    """Each example is claimed by its own pattern (first in catalogue order) with the declared fields."""
+    p, ex = item
+    pid, fields = _classify(ex.line)
+    assert pid == p.id, f"{ex.line!r} is claimed by {pid}, not {p.id}"
+    for name, value in ex.fields.items():
+        assert fields.get(name) == value, f"{p.id}: field {name} = {fields.get(name)!r}, expected {value!r}"
+
+
+@pytest.mark.parametrize("item", ALL_EXAMPLES, ids=[_id(i) for i in ALL_EXAMPLES])
+def test_example_contains_an_anchor_and_passes_the_prefilter(item: tuple[cat.Pattern, cat.Example]) -> None:
+    """The prefilter cannot drop an example: it holds one of its pattern's anchors and the framer selects it."""
+    p, ex = item
+    assert any(a in ex.line for a in p.anchors), f"{p.id}: no anchor of {p.anchors} in {ex.line!r}"
+    framer = Framer(LineSelector(CATALOGUE.anchors))
+    noise = b"llama_model_loader: - kv   0: general.architecture str = llama\n"
+    records = framer.feed(noise + ex.line.encode() + b"\n" + noise)
+    assert ex.line in [r.text for r in records]
+
+
+@pytest.mark.parametrize("item", ALL_EXAMPLES, ids=[_id(i) for i in ALL_EXAMPLES])
+def test_example_survives_log_prefixes(item: tuple[cat.Pattern, cat.Example]) -> None:
+    """Timestamps, level letters and router-mode ``[pid]`` prefixes do not change what a line means."""
+    p, ex = item
+    for prefix in PREFIXES:
+        assert _classify(prefix + ex.line)[0] == p.id, f"{p.id} lost with prefix {prefix!r}"
+
+
+@pytest.mark.parametrize("item", ALL_NEAR_MISSES, ids=[_id(i) for i in ALL_NEAR_MISSES])
+def test_near_miss_does_not_match(item: tuple[cat.Pattern, str]) -> None:
+    """A near-miss line (similar wording, other meaning) is not matched by the pattern it sits beside."""
+    p, line = item
+    assert p.match(line) is None, f"{p.id} matches its near-miss {line!r}"
+
+
+def test_anchor_first_bytes_stay_few() -> None:
+    """Anchors share a few first bytes, so the prefilter stays at a handful of scans per chunk."""
+    first = {a.encode()[0] for a in CATALOGUE.anchors}
+    assert len(first) <= 16, sorted(chr(b) for b in first)
+    assert LineSelector(CATALOGUE.anchors).passes <= 12
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_classifies_without_error(text: str) -> None:
+    """Arbitrary text gives an event or nothing, never an exception."""
+    CLASSIFIER.classify(Record(text, 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(ALL_EXAMPLES), st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=40))
+def test_trailing_text_keeps_the_event_type(item: tuple[cat.Pattern, cat.Example], tail: str) -> None:
+    """Text appended after a recognised line does not turn it into nothing (unless the pattern is end-anchored)."""
+    p, ex = item
+    if "$" in p.regex.pattern:
+        return
+    pid, _ = _classify(ex.line + " " + tail)
+    assert pid is not None
+
+
+# -- bad pattern files -----------------------------------------------------------------------------
+
+GOOD = '''
+[[pattern]]
+id = "t.one"
+event = "draft_loading"
+anchor = "draft"
+regex = "loading draft model <QPATH>"
+examples = ["loading draft model '/m/d.gguf'"]
+'''
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    (GOOD.replace('regex = "loading draft model <QPATH>"\n', ""), "regex"),
+    (GOOD.replace('event = "draft_loading"\n', ""), "event"),
+    (GOOD.replace("loading draft model <QPATH>", "loading (draft"), "regex"),
+    (GOOD.replace("<QPATH>", "(?P<nonsense>x)"), "regex"),
+    (GOOD.replace('anchor = "draft"', 'anchor = "dr"'), "anchor"),
+    (GOOD.replace('examples = ["loading draft model \'/m/d.gguf\'"]', "examples = []"), "examples"),
+    (GOOD.replace('examples = ["loading draft model \'/m/d.gguf\'"]', "examples = [3]"), "examples"),
+    (GOOD + 'colour = "red"\n', "colour"),
+    (GOOD + "set = 3\n", "set"),
+])
+def test_bad_pattern_names_file_pattern_and_key(tmp_path: Path, body: str, key: str) -> None:
+    """A broken pattern is refused with a message naming the file, the pattern id and the key."""
+    f = tmp_path / "broken.toml"
+    f.write_text(body)
+    with pytest.raises(cat.CatalogueError) as err:
+        cat.load([f])
+    msg = str(err.value)
+    assert "broken.toml" in msg and "t.one" in msg and key in msg
+
+
+def test_invalid_toml_and_duplicate_ids_name_the_file(tmp_path: Path) -> None:
+    """Invalid TOML names the file; a duplicate id names both files."""
+    (tmp_path / "a.toml").write_text("[[pattern]\n")
+    with pytest.raises(cat.CatalogueError, match=r"a\.toml"):
+        cat.load([tmp_path / "a.toml"])
+    (tmp_path / "b.toml").write_text(GOOD)
+    (tmp_path / "c.toml").write_text(GOOD)
+    with pytest.raises(cat.CatalogueError, match=r"c\.toml.*t\.one.*b\.toml"):
+        cat.load([tmp_path / "b.toml", tmp_path / "c.toml"])
+
+
+# -- annotated corpus ------------------------------------------------------------------------------
+
+def corpus_cases() -> list[tuple[str, int, dict[str, Any], str]]:
+    """(file, line number, expectation, line) for every ``# expect:`` comment of tests/corpus/*.log."""
+    cases = []
+    for f in sorted(CORPUS.glob("*.log")):
+        lines = f.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("# expect:"):
+                assert i + 1 < len(lines), f"{f.name}:{i + 1}: expectation without a line"
+                cases.append((f.name, i + 2, json.loads(line[len("# expect:"):]), lines[i + 1]))
+    return cases
+
+
+CASES = corpus_cases()
+
+
+def test_corpus_is_not_empty() -> None:
+    """The corpus holds annotated lines of several origins."""
+    assert len(CASES) >= 60
+    assert len({c[0] for c in CASES}) >= 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES])
+def test_corpus_line(case: tuple[str, int, dict[str, Any], str]) -> None:
+    """Each annotated corpus line yields the event (and fields) its ``# expect:`` comment states."""
+    fname, lineno, expect, line = case
+    ev = CLASSIFIER.classify(Record(line, lineno))
+    if expect.get("match", True) is False:
+        assert ev is None, f"{fname}:{lineno} matched {ev.pattern if ev else ''}"
+        return
+    assert ev is not None, f"{fname}:{lineno}: no pattern matches {line!r}"
+    assert ev.type == expect["event"], f"{fname}:{lineno}: {ev.type} ({ev.pattern})"
+    if "pattern" in expect:
+        assert ev.pattern == expect["pattern"]
+    for name, value in expect.get("fields", {}).items():
+        assert ev.fields.get(name) == value, f"{fname}:{lineno}: {name}={ev.fields.get(name)!r}"
+
+
+def test_every_pattern_is_exercised_by_corpus_or_examples() -> None:
+    """No pattern is dead weight: each is hit by a corpus line or one of its own examples."""
+    hit = {p.id for p, ex in ALL_EXAMPLES if _classify(ex.line)[0] == p.id}
+    hit |= {pid for _, _, _, line in CASES if (pid := _classify(line)[0])}
+    missing = [p.id for p in CATALOGUE.patterns if p.id not in hit]
+    assert not missing, missing
