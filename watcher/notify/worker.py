@@ -67,7 +67,7 @@ def send(target: Target, title: str, body: str, delivery: Delivery, redact: Call
         apprise.NotifyType.FAILURE if delivery.severity == "critical" else apprise.NotifyType.WARNING)
     token = CURRENT.set(delivery)
     try:
-        with apprise.LogCapture(level=logging.WARNING) as logs:  # type: ignore[no-untyped-call]
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as logs:  # type: ignore[no-untyped-call]
             ok = bool(ap.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT, notify_type=ntype))
             captured = logs.getvalue().strip() if hasattr(logs, "getvalue") else ""
     except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed delivery, retried later
