@@ -93,7 +93,7 @@ def load(path: Path | None) -> Config:
             if spec is None:
                 raise ConfigError(f"{where}: unknown key {table}.{key} (known: {', '.join(sorted(SCHEMA[table]))})")
             types, _ = spec
-            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 names = " or ".join(t.__name__ for t in types)
                 raise ConfigError(f"{where}: key {table}.{key} must be {names}, not {type(value).__name__}")
             _check_range(where, table, key, value)
