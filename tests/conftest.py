@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +59,14 @@ def cli(*argv: str, stdin: bytes = b"", environ: dict[str, str] | None = None, t
                       stdin_isatty=tty, stderr_isatty=False)
     status = run(list(argv), env)
     return Result(int(status), out.getvalue(), err.getvalue())
+
+
+def wait_for(cond: Callable[[], Any], what: str, limit: float = 20.0) -> Any:
+    """Poll ``cond`` until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")

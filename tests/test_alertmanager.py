@@ -9,12 +9,13 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from watcher import catalogue as cat
 from watcher.environment import Environment
 from watcher.incidents import Incident
@@ -36,16 +37,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(cond: Callable[[], Any], what: str, limit: float = 15.0) -> Any:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 class Alertmanager:
     """A throw-away Alertmanager process: own config, own data dir, no clustering."""
 
@@ -65,7 +56,7 @@ class Alertmanager:
             [BINARY, f"--config.file={self.tmp / 'am.yml'}", f"--storage.path={self.tmp / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=(self.tmp / "am.log").open("ab"))
-        _wait(self._ready, "Alertmanager to become ready")
+        wait_for(self._ready, "Alertmanager to become ready")
 
     def _ready(self) -> bool:
         try:
@@ -123,7 +114,7 @@ def test_replayed_sample_fires_then_resolves(alertmanager: Alertmanager, tmp_pat
     sink = _sink(tmp_path, f"alertmanager://127.0.0.1:{alertmanager.port}")
     try:
         sink.incident(inc, "opened")
-        alert = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")[0]
+        alert = wait_for(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")[0]
         assert alert["labels"] == {
             "alertname": "SpecwatchDraftContextFailed", "kind": "draft_context_failed", "severity": "critical",
             "instance": socket.gethostname(), "source": "draft-kv-oom-verbose.log", "model": "target.gguf",
@@ -134,7 +125,7 @@ def test_replayed_sample_fires_then_resolves(alertmanager: Alertmanager, tmp_pat
         assert alert["annotations"]["hint"]
         inc.status, inc.resolution = "resolved", "server restarted without the draft"
         sink.incident(inc, "resolved")
-        _wait(lambda: not _firing(alertmanager, "draft_context_failed"), "the alert to resolve")
+        wait_for(lambda: not _firing(alertmanager, "draft_context_failed"), "the alert to resolve")
     finally:
         sink.close()
 
@@ -147,13 +138,13 @@ def test_outage_loses_nothing(alertmanager: Alertmanager, tmp_path: Path) -> Non
     try:
         sink.incident(inc, "opened")
         assert sink.worker is not None
-        _wait(lambda: any(not r.ok for r in sink.worker.run_once()) or sink.worker.pending_count(),
+        wait_for(lambda: any(not r.ok for r in sink.worker.run_once()) or sink.worker.pending_count(),
               "a failed attempt")
         assert sink.worker.pending_count() == 1
         alertmanager.start()
-        alert = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert after the outage")[0]
+        alert = wait_for(lambda: _firing(alertmanager, "draft_context_failed"), "the alert after the outage")[0]
         assert alert["annotations"]["specwatch_id"] == inc.key
-        _wait(lambda: sink.worker is not None and sink.worker.pending_count() == 0, "the outbox to drain")
+        wait_for(lambda: sink.worker is not None and sink.worker.pending_count() == 0, "the outbox to drain")
     finally:
         sink.close()
 
@@ -164,10 +155,10 @@ def test_acknowledged_incident_ends_the_alert(alertmanager: Alertmanager) -> Non
     item = {**inc.as_dict(), "host": "box1", "message": "opened", "opened_at": time.time() - 60,
             "details": {"model": inc.model, "draft_model": inc.draft_model}}
     am.post(alertmanager.url, am.alerts_payload([item]))
-    _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
+    wait_for(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
     acked = {**item, "status": "acknowledged", "acked_at": time.time(), "message": "repeat"}
     am.post(alertmanager.url, am.alerts_payload([acked]))
-    _wait(lambda: not _firing(alertmanager, "draft_context_failed"), "the acknowledged alert to end")
+    wait_for(lambda: not _firing(alertmanager, "draft_context_failed"), "the acknowledged alert to end")
 
 
 def test_repost_is_one_alert(alertmanager: Alertmanager) -> None:
@@ -176,7 +167,7 @@ def test_repost_is_one_alert(alertmanager: Alertmanager) -> None:
     item = {**inc.as_dict(), "host": "box1", "message": "opened", "details": {"model": inc.model}}
     for message in ("opened", "repeat", "repeat"):
         am.post(alertmanager.url, am.alerts_payload([{**item, "message": message}]))
-    alerts = _wait(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
+    alerts = wait_for(lambda: _firing(alertmanager, "draft_context_failed"), "the alert")
     assert len(alerts) == 1
     assert alerts[0]["labels"]["instance"] == "box1"
 

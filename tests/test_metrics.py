@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import SEED, wait_for
 from watcher import catalogue as cat
 from watcher import cli, metrics
 from watcher.classify import Classifier
@@ -26,7 +26,6 @@ from watcher.framing import Framer, LineSelector
 from watcher.pipeline import Analyzer
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = Path("/work/shared/seeds/001_259998c3e6534a1e.txt")
 SEED_LOCAL = ROOT / "samples" / "engine" / "draft-kv-oom-verbose.log"
 ACCEPTANCE = ROOT / "samples" / "public" / "llamacpp-pr12603-metal-low-acceptance-annotated.log"
 
@@ -47,16 +46,6 @@ def _get(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get(name, {}).get(tuple(sorted(labels.items())))
 
 
-def _wait(cond, what: str, limit: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def _reference(data: bytes) -> tuple[Analyzer, int]:
     """The analysis of ``data`` as scan does it, and the prefiltered relevant lines no pattern matches."""
     catalogue = cat.load([cat.default_dir()])
@@ -71,7 +60,7 @@ def _reference(data: bytes) -> tuple[Analyzer, int]:
 
 def test_pipe_mode_serves_the_replayed_state(tmp_path: Path) -> None:
     """specwatch --metrics-listen in pipe mode: lines, incidents, speculation and unmatched lines match the log."""
-    data = (SEED if SEED.exists() else SEED_LOCAL).read_bytes()
+    data = SEED.read_bytes()
     (tmp_path / "c.toml").write_text("[analysis]\nsettle = 0\n")
     r, w = os.pipe()
     stderr = io.StringIO()
@@ -81,7 +70,7 @@ def test_pipe_mode_serves_the_replayed_state(tmp_path: Path) -> None:
         ["--metrics-listen", "127.0.0.1:0", "--config", str(tmp_path / "c.toml"), "--no-summary"], env)))
     t.start()
     try:
-        line = _wait(lambda: [x for x in stderr.getvalue().splitlines() if "metrics on http" in x], "the URL")[0]
+        line = wait_for(lambda: [x for x in stderr.getvalue().splitlines() if "metrics on http" in x], "the URL")[0]
         url = line.split("metrics on ", 1)[1]
         os.write(w, data)
         ref, unmatched = _reference(data)
@@ -94,7 +83,7 @@ def test_pipe_mode_serves_the_replayed_state(tmp_path: Path) -> None:
                     sum(s.get("specwatch_incidents_total", {}).values()) == len(ref.incidents()))
             return s if done else None
 
-        s = _wait(settled, "the replay to be analysed")
+        s = wait_for(settled, "the replay to be analysed")
     finally:
         os.close(w)
         t.join(30)
@@ -116,11 +105,10 @@ def test_pipe_mode_serves_the_replayed_state(tmp_path: Path) -> None:
             want = 1.0 if slot.speculative == "on" or (slot.speculative == "unknown" and run.speculation == "on") \
                 else 0.0
             assert _get(s, "specwatch_speculation_active", source="stdin", server=server, slot=str(slot.id)) == want
-    if SEED.exists():
-        # The seed: four slots whose draft context failed (LM Studio), none speculating.
-        assert len(active) >= 4
-        assert set(active.values()) == {0.0}
-        assert _get(s, "specwatch_incidents_total", kind="draft_context_failed") >= 1
+    # The seed: four slots whose draft context failed (LM Studio), none speculating.
+    assert len(active) >= 4
+    assert set(active.values()) == {0.0}
+    assert _get(s, "specwatch_incidents_total", kind="draft_context_failed") >= 1
 
 
 def test_acceptance_ratio_and_token_counters() -> None:
