@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import re
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from watcher import __version__
 from watcher import config as cfg
+from watcher._net import is_loopback_host
 from watcher.classify import Classifier
 from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
 from watcher.commands.patterns import NOISE, RELEVANT
@@ -96,19 +96,10 @@ def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int]:
         raise UsageError(f"--metrics-listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9808") from None
     if not 0 <= port <= 65535:
         raise UsageError(f"--metrics-listen {value!r}: port out of range")
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback_host(host):
         raise UsageError(f"--metrics-listen {value!r}: {host} is not a loopback address; metrics "
                          f"reveal model names and failures, so add --metrics-allow-remote to serve them to the network")
     return host, port
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- what is counted --------------------------------------------------------------------------------

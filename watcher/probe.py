@@ -9,7 +9,6 @@ export them. Builds without the counters are judged on the ``/slots`` flag alone
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import urllib.error
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from watcher._net import is_loopback_host
 from watcher.incidents import Incident
 
 #: Generated tokens after which "no drafted tokens" means speculation is not happening.
@@ -32,13 +32,7 @@ class ProbeError(Exception):
 
 def is_loopback(url: str) -> bool:
     """Only 127.0.0.0/8, ::1 and localhost count; anything else needs --allow-remote."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def check_url(url: str, allow_remote: bool) -> str:
