@@ -1,6 +1,6 @@
 """Record /props, /slots and /metrics of llama.cpp b11549's server (xllamacpp) for the probe tests.
 
-Run with the engine venv: /work/venv-engine/bin/python samples/http/record.py
+Run with the engine venv: .venv/bin/python samples/http/record.py
 Two scenarios: a working draft (speculation happens) and -md without --spec-type (configured, idle).
 Each is recorded before and after two real completions, into samples/http/b11549-<scenario>/.
 """
