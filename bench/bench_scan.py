@@ -28,9 +28,11 @@ from watcher import catalogue  # noqa: E402
 
 ORDINARY = [
     "slot update_slots: id  {s} | task {t} | kv cache rm [{n}, end)",
-    "slot update_slots: id  {s} | task {t} | prompt processing progress, n_past = {n}, n_tokens = 512, progress = 0.250000",
+    "slot update_slots: id  {s} | task {t} | prompt processing progress, n_past = {n}, n_tokens = 512, "
+    "progress = 0.250000",
     "srv  params_from_: Chat format: Content-only",
-    "slot get_availabl: id  {s} | task -1 | selected slot by lcs similarity, lcs_len = {n}, similarity = 0.987 (> 0.100 thold)",
+    "slot get_availabl: id  {s} | task -1 | selected slot by lcs similarity, lcs_len = {n}, "
+    "similarity = 0.987 (> 0.100 thold)",
     "slot launch_slot_: id  {s} | task {t} | processing task",
     "srv  update_slots: all slots are idle",
     "srv  log_server_r: request: POST /v1/chat/completions 127.0.0.1 200",
@@ -66,11 +68,12 @@ def make_log(path: Path, mib: int) -> None:
             i += 1
 
 
-def child_cpu(cmd: list[str], stdin: Path | None = None, stdout: int | None = subprocess.DEVNULL) -> tuple[float, float, int]:
+def child_cpu(cmd: list[str], stdin: Path | None = None,
+              stdout: int | None = subprocess.DEVNULL) -> tuple[float, float, int]:
     """(cpu seconds, wall seconds, peak RSS KiB) of one child run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as fin:  # noqa: PTH123
+    with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as fin:
         subprocess.run(cmd, stdin=fin, stdout=stdout, stderr=subprocess.DEVNULL, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,7 +140,8 @@ def main() -> int:
           f"{scan[2] / 1024:.0f} MiB |")
     print(f"| specwatch pipe to /dev/null | {pipe[0]:.2f} | {pipe[0] / grep[0]:.1f} | {mib / pipe[1]:.0f} MiB/s | "
           f"{pipe[2] / 1024:.0f} MiB |")
-    print(f"| specwatch pipe, {args.naive_size} MiB input | {pipe_small[0]:.2f} | - | - | {pipe_small[2] / 1024:.0f} MiB |")
+    print(f"| specwatch pipe, {args.naive_size} MiB input | {pipe_small[0]:.2f} | - | - | "
+          f"{pipe_small[2] / 1024:.0f} MiB |")
     print(f"| naive regex-per-line loop (extrapolated from {args.naive_size} MiB) | {naive_per_mib * mib:.1f} | "
           f"{naive_per_mib * mib / grep[0]:.0f} | {1 / naive_per_mib:.1f} MiB/s | - |")
     return 0

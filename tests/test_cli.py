@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from tests.conftest import SAMPLES, SEED, cli
-from watcher import __version__
 
 WORKING = SAMPLES / "engine" / "spec-working-verbose.log"
 NO_DRAFT = SAMPLES / "engine" / "no-draft-default.log"

@@ -27,7 +27,7 @@ def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(OSError):
-            os.chmod(str(path) + suffix, 0o600)
+            Path(str(path) + suffix).chmod(0o600)
     return conn
 
 
@@ -42,7 +42,7 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
         row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
         current = row[0] if row else 0
         if current > len(migrations):
-            raise RuntimeError(f"database {component} schema v{current} is newer than this specwatch "
+            raise RuntimeError(  # noqa: TRY301 - rolled back by the handler below, then re-raisedf"database {component} schema v{current} is newer than this specwatch "
                                f"(v{len(migrations)}); upgrade specwatch")
         for version in range(current, len(migrations)):
             for statement in _statements(migrations[version]):

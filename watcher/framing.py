@@ -40,10 +40,11 @@ def _cost(byte: int) -> float:
 def plan_probes(anchors: Iterable[str], min_len: int = 3) -> dict[int, list[bytes]]:
     """Choose, for every anchor, a probe literal inside it so that few and cheap first bytes are scanned.
 
-    A greedy weighted set cover over first bytes: an anchor can be found from its own first byte (the probe
-    is the whole anchor), from a rare byte inside it, or from a common byte that leaves at least 7 bytes
-    (the probe runs from there to the anchor's end, long enough to stay selective). Each round takes the byte that finds the most remaining anchors per unit
-    of scan cost. Any line holding an anchor holds its probe, so nothing relevant is lost.
+    A greedy weighted set cover over first bytes: an anchor can be found from its own first byte (the probe is
+    the whole anchor), from a rare byte inside it, or from a common byte that leaves at least 7 bytes (the probe
+    runs from there to the anchor's end, long enough to stay selective). Each round takes the byte that finds
+    the most remaining anchors per unit of scan cost. Any line holding an anchor holds its probe, so nothing
+    relevant is lost.
     """
     todo = {a.encode() for a in anchors if len(a.encode()) >= min_len}
 
@@ -197,11 +198,10 @@ class Framer:
     def _records(self, pieces: list[bytes], lineno: int, check: bool = False) -> list[Record]:
         """Decoded records for the pieces of one line; ``check`` keeps only pieces with an anchor."""
         out = []
-        for piece in pieces:
-            if not piece:
+        for whole in pieces:
+            if not whole:
                 continue
-            if len(piece) > self.max_line:
-                piece = piece[: self.max_line]
+            piece = whole[: self.max_line]
             text = piece.decode("utf-8", "replace")
             if "\x1b" in text:
                 text = _ANSI.sub("", text)

@@ -30,6 +30,7 @@ class Analyzer:
         self,
         catalogue: Catalogue,
         source: str = "-",
+        *,
         settings: Settings | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_incident: Callable[[Incident], None] | None = None,

@@ -104,9 +104,11 @@ def _run_lines(run: Run, p: Painter) -> list[str]:
     head = f"  run {run.ordinal} ({run.source}, lines {run.first_line}-{run.last_line}{build}): " \
            f"speculation {p(colour, spec)}"
     lines = [head]
-    lines.append(f"    target: {basename(run.target_model) or '?'}" + (" (same as before reload)" if run.inherited_model else ""))
+    reload_note = " (same as before reload)" if run.inherited_model else ""
+    lines.append(f"    target: {basename(run.target_model) or '?'}{reload_note}")
     if run.draft_model or run.spec_mode:
-        lines.append(f"    draft:  {basename(run.draft_model) or '-'}" + (f" [{run.spec_mode}]" if run.spec_mode else ""))
+        mode = f" [{run.spec_mode}]" if run.spec_mode else ""
+        lines.append(f"    draft:  {basename(run.draft_model) or '-'}{mode}")
     if run.slots:
         parts = []
         for s in sorted(run.slots.values(), key=lambda s: s.id):

@@ -20,10 +20,7 @@ class BannerSink:
 
     def incident(self, inc: Incident, change: str) -> None:
         """Write the banner (opened, resolved) or a one-line update."""
-        if change == "updated":
-            text = f"specwatch: updated: {inc.title}\n"
-        else:
-            text = report.banner(inc, self.colour)
+        text = f"specwatch: updated: {inc.title}\n" if change == "updated" else report.banner(inc, self.colour)
         try:
             self.stream.write(text)
             self.stream.flush()

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from watcher import hints
 from watcher.events import Event
-from watcher.incidents import Incident
-from watcher.ledger import Ledger, device_name
+from watcher.incidents import Incident, basename
+from watcher.ledger import Failure, Ledger, device_name
 
 #: Events that happen once per slot while a server initialises; seeing one again for the same
 #: slot means the server (or LM Studio) reloaded the model, so a new run begins.
@@ -85,7 +85,7 @@ class Run:
     @property
     def speculation(self) -> str:
         """on, off, failed, not_configured or unknown: the run's speculation status in one word."""
-        if any(i.kind != "low_acceptance" and i.kind != "draft_on_cpu" and i.status == "open"
+        if any(i.kind not in ("low_acceptance", "draft_on_cpu") and i.status == "open"
                for i in self.incidents.values()):
             return "failed" if self.spec_requested else "off"
         if self.spec_confirmed:
@@ -206,7 +206,7 @@ class Stream:
             pending, self._pending_no_impls = self._pending_no_impls, None
             self._apply(self.run, pending)
         for run in self.runs:
-            self._check_absence(run, final=True)
+            self._check_absence(run)
             self._check_draft_placement(run)
 
     # -- handlers: load and identity -----------------------------------------------------------
@@ -299,8 +299,6 @@ class Stream:
                 prev.device = dev if dev != "?" else prev.device
             prev.mib = prev.mib or mib
             return
-        from watcher.ledger import Failure
-
         run.ledger.failures.append(Failure(run.role, dev, mib, ev.get("kind", "unknown"), ev.record.lineno))
         run.recent_errors.append(ev)
 
@@ -357,7 +355,7 @@ class Stream:
         if run.spec_requested and run.draft_model:
             # b9464+: -md without --spec-type draft-simple loads the draft and never uses it.
             self._incident(run, "spec_disabled", ev,
-                           reason=f"draft {_short(run.draft_model)} is loaded but no speculative type is enabled")
+                           reason=f"draft {basename(run.draft_model)} is loaded but no speculative type is enabled")
 
     def _on_spec_ctx_init_ok(self, run: Run, ev: Event) -> None:
         if ev.get("slot") is not None:
@@ -378,7 +376,7 @@ class Stream:
 
     def _on_model_load_failed(self, run: Run, ev: Event) -> None:
         model = ev.get("model")
-        is_draft = run.role == "draft" or (model and run.draft_model and _short(model) == _short(run.draft_model))
+        is_draft = run.role == "draft" or (model and run.draft_model and basename(model) == basename(run.draft_model))
         if is_draft:
             self._on_draft_load_failed(run, ev)
         elif any(f.role == "target" for f in run.ledger.failures):
@@ -491,7 +489,7 @@ class Stream:
             if older is run:
                 continue
             for inc in older.incidents.values():
-                same_model = not inc.model or not run.target_model or _short(inc.model) == _short(run.target_model)
+                same_model = not inc.model or not run.target_model or basename(inc.model) == basename(run.target_model)
                 if inc.status == "open" and same_model and inc.kind != "main_model_oom":
                     inc.status = "resolved"
                     inc.resolved_line = ev.record.lineno
@@ -514,7 +512,7 @@ class Stream:
                 self._changed(inc)
         self._check_draft_placement(run)
 
-    def _check_absence(self, run: Run, final: bool = False) -> None:
+    def _check_absence(self, run: Run) -> None:
         need = self.settings.absent_stats_tasks
         if not (run.spec_requested and not run.spec_confirmed and run.acceptance_lines == 0):
             return
@@ -529,7 +527,7 @@ class Stream:
         elif done < need:
             return
         inc = self._incident(run, "spec_disabled", None, severity="warning",
-                             reason=f"draft {_short(run.draft_model) or 'configured'} loaded, but {done} completed "
+                             reason=f"draft {basename(run.draft_model) or 'configured'} loaded, but {done} completed "
                                     f"tasks printed no draft statistics")
         inc.confidence = "inferred"
         inc.server_state = "serving_without_speculation"
@@ -632,12 +630,6 @@ def _trigger(inc: Incident) -> str:
 def ln_close(a: int, b: int) -> bool:
     """Lines of one failure chain sit within a few lines of each other."""
     return abs(a - b) <= 6
-
-
-def _short(path: str | None) -> str:
-    from watcher.incidents import basename
-
-    return basename(path)
 
 
 def _load_reason(run: Run) -> str:

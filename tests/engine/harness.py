@@ -755,7 +755,7 @@ def _serve(cfg_path: str) -> int:
 
     # Imported here, in the child only: the parent (model building, the registry,
     # meta.json writing) must not load the 100 MB native engine or its logger.
-    import xllamacpp as xlc  # noqa: PLC0415
+    import xllamacpp as xlc
 
     params = xlc.CommonParams()
     for key, value in cfg["params"].items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that reads logs."""
     g = p.add_argument_group("analysis")
     g.add_argument("--config", type=Path, metavar="FILE",
-                   help="configuration file (default: $SPECWATCH_CONFIG or the user config dir's specwatch/config.toml)")
+                   help="configuration file (default: $SPECWATCH_CONFIG or the user config dir's "
+                        "specwatch/config.toml)")
     g.add_argument("--patterns", type=Path, action="append", default=[], metavar="PATH",
                    help="extra pattern file or directory, after the shipped catalogue (repeatable)")
     g.add_argument("--events", metavar="FILE",
@@ -96,7 +98,8 @@ def _open_events(target: str, env: Environment) -> tuple[TextIO, bool]:
     if target == "-":
         return env.stderr, False
     try:
-        return open(target, "a", encoding="utf-8", buffering=1), True
+        # Closed by the sink that owns it.
+        return Path(target).open("a", encoding="utf-8", buffering=1), True
     except OSError as exc:
         raise UsageError(f"--events {target}: {exc.strerror or exc}") from exc
 
@@ -109,10 +112,8 @@ def dispatcher(ctx: Context, env: Environment) -> Dispatcher:
         if id(sink) in warned:
             return
         warned.add(id(sink))
-        try:
+        with contextlib.suppress(OSError, ValueError):
             env.stderr.write(f"specwatch: {type(sink).__name__} failed: {exc}\n")
-        except (OSError, ValueError):
-            pass
 
     disp = Dispatcher(ctx.sinks, settle=ctx.settle, on_error=on_error)
     for sink in ctx.sinks:

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     read = reader(env.stdin)
     try:
         ctx = build_context(args, env)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         # Even with a broken configuration the server's output must keep flowing.
         env.stderr.write(f"specwatch: not watching: {exc}\n")
         pump(read, out, None)
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
                         on_event=disp.event, on_incident=disp.changed)
     metrics.register(analyzer)
-    warned = []
+    warned: list[int] = []
 
     def on_skip(n: int) -> None:
         if not warned:
