@@ -78,11 +78,9 @@ def test_near_miss_does_not_match(item: tuple[cat.Pattern, str]) -> None:
     assert p.match(line) is None, f"{p.id} matches its near-miss {line!r}"
 
 
-def test_anchor_first_bytes_stay_few() -> None:
-    """Anchors share a few first bytes, so the prefilter stays at a handful of scans per chunk."""
-    first = {a.encode()[0] for a in CATALOGUE.anchors}
-    assert len(first) <= 16, sorted(chr(b) for b in first)
-    assert LineSelector(CATALOGUE.anchors).passes <= 12
+def test_anchors_stay_within_the_simd_prefilter() -> None:
+    """At most 64 distinct anchors: past that the prefilter leaves its SIMD engine and runs 3x slower."""
+    assert len(LineSelector(CATALOGUE.anchors).anchors) <= 64
 
 
 @settings(max_examples=200, deadline=None)

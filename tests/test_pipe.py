@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, SEED, cli
+from watcher import pipe
+from watcher.pipe import SideAnalysis
 
 SPECWATCH = [sys.executable, "-m", "watcher"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
@@ -142,3 +144,60 @@ def test_bad_config_still_passes_everything_through(tmp_path) -> None:
     assert r.stdout == b"hello\n"
     assert r.status == 2
     assert "low_acceptance" in r.stderr and ":2:" in r.stderr
+
+
+class _SlowAnalyzer:
+    """Stands in for an Analyzer that is slower than the copy (the real one is too fast to fall behind here)."""
+
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+        self.finished = False
+
+    def feed(self, chunk: bytes) -> None:
+        time.sleep(0.01)
+        self.fed.append(chunk)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+class TestBacklog:
+    def _run(self, monkeypatch, wait: bool) -> tuple[SideAnalysis, _SlowAnalyzer, bytes]:
+        monkeypatch.setattr(pipe, "MAX_BACKLOG", 4096)
+        analyzer = _SlowAnalyzer()
+        side = SideAnalysis(analyzer, lambda: None, lambda n: None, lambda e: None)  # type: ignore[arg-type]
+        chunks = [bytes([65 + i % 26]) * 1024 + b"\n" for i in range(40)]
+        for c in chunks:
+            side.put(c, wait)
+        side.close(timeout=30)
+        return side, analyzer, b"".join(chunks)
+
+    def test_regular_file_input_waits_instead_of_skipping(self, monkeypatch) -> None:
+        """With nobody upstream to stall, a slow analysis still sees every byte, in order."""
+        side, analyzer, data = self._run(monkeypatch, wait=True)
+        assert side.skipped == 0
+        assert b"".join(analyzer.fed) == data
+        assert analyzer.finished
+
+    def test_pipe_input_skips_when_the_analysis_falls_behind(self, monkeypatch) -> None:
+        """From a live pipe, a slow analysis loses input rather than hold up the copy."""
+        side, analyzer, data = self._run(monkeypatch, wait=False)
+        assert side.skipped > 0
+        assert sum(map(len, analyzer.fed)) + side.skipped == len(data)
+
+    def test_queued_chunks_are_analysed_together(self, monkeypatch) -> None:
+        """Chunks that pile up while the analysis is busy reach it as fewer, larger pieces."""
+        _, analyzer, _ = self._run(monkeypatch, wait=True)
+        assert len(analyzer.fed) < 40
+        assert max(map(len, analyzer.fed)) > 1025
+
+
+def test_regular_file_is_recognised(tmp_path) -> None:
+    """stdin redirected from a file counts as regular; a pipe does not."""
+    f = tmp_path / "log"
+    f.write_bytes(b"x\n")
+    with f.open("rb") as fh:
+        assert pipe.is_regular_file(fh)
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as fh, os.fdopen(w, "wb"):
+        assert not pipe.is_regular_file(fh)

@@ -8,7 +8,7 @@ from watcher import metrics, report
 from watcher.commands._common import build_context, dispatcher
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.pipe import Passthrough, SideAnalysis, pump, reader
+from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
 from watcher.pipeline import Analyzer
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); output is unaffected\n")
 
     side = SideAnalysis(analyzer, disp.tick, on_skip, on_error)
-    pump(read, out, side)
+    pump(read, out, side, wait=is_regular_file(env.stdin))
     side.close()
     disp.close()
     incidents = analyzer.incidents()
