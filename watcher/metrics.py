@@ -19,11 +19,8 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
-
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watcher import __version__
 from watcher import config as cfg
@@ -36,6 +33,9 @@ from watcher.events import Event, Record
 from watcher.incidents import KINDS, SEVERITIES, Incident, basename
 from watcher.pipeline import Analyzer
 from watcher.state import Run
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -147,6 +147,10 @@ class Metrics:
     """The registry, the live analyzers, and the counters the sinks and deliveries move."""
 
     def __init__(self) -> None:
+        # prometheus_client (and the http.server it uses) loads only when metrics are asked for: it would
+        # otherwise add a tenth to every start.
+        from prometheus_client import CollectorRegistry
+
         self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
         self._analyzers: dict[str, Analyzer] = {}
@@ -187,6 +191,8 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, read from the live state (called by the scrape thread)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         with self._lock:
             analyzers = dict(self._analyzers)
             counts = {k: (v.unmatched, v.lines_before, dict(v.drafted_before), dict(v.accepted_before))
@@ -348,6 +354,8 @@ class MetricsSink:
 def start(host: str, port: int) -> MetricsSink:
     """Serve a fresh registry on ``host:port`` and make it the one ``register``/``delivery`` feed."""
     global _ACTIVE
+    from prometheus_client import start_http_server
+
     metrics = Metrics()
     server, thread = start_http_server(port, addr=host, registry=metrics.registry)
     _ACTIVE = metrics

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-import structlog
-
 from watcher import report
 from watcher.events import Event
 from watcher.incidents import Incident
@@ -37,6 +35,10 @@ class EventLogSink:
     def __init__(self, stream: TextIO, owns: bool = False) -> None:
         self.stream = stream
         self.owns = owns
+        # Imported here: structlog (with the asyncio it pulls in) is a fifth of startup, and most runs
+        # never ask for --events.
+        import structlog
+
         self.log = structlog.wrap_logger(
             structlog.WriteLogger(stream),
             processors=[
