@@ -41,7 +41,21 @@ def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1,
 
 def for_incident(inc: Incident, run: Run) -> str:
     """The hint for one incident; empty when the log gives nothing to compute from."""
+    cause = inc.extra.get("cause")
     match inc.kind:
+        case "draft_context_failed" if cause == "draft_head_alone":
+            return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
+                    "head), not a model: load its target with -m and this file as the draft (-md, with "
+                    "--spec-type draft-mtp for an MTP assistant); in LM Studio choose it as the draft of its "
+                    "target model. If it already is the draft, this build does not hand it the target's "
+                    "context: update llama.cpp.")
+        case "draft_context_failed" if cause == "no_mtp_layers":
+            return ("Use a GGUF of this model that contains its MTP layers (often a separate '-MTP' file or "
+                    "variant), or drop --spec-type draft-mtp; without them there is nothing to draft with.")
+        case "draft_on_cpu" if cause == "no_gpu":
+            return ("This llama.cpp found no usable GPU when it read its options: use a GPU build (CUDA, ROCm, "
+                    "Vulkan, Metal) and check that the device is visible (driver, CUDA_VISIBLE_DEVICES, the "
+                    "container's GPU access); a draft on the CPU rarely makes decoding faster.")
         case "draft_context_failed":
             return _draft_memory(inc, run)
         case "draft_load_failed":
@@ -83,6 +97,10 @@ def for_incident(inc: Incident, run: Run) -> str:
                         "the context (-c) or --parallel, or use a smaller quantisation.")
             return "Lower -ngl, the context (-c) or --parallel, or use a smaller quantisation."
         case "spec_runtime_error":
+            if run.draft_head and run.spec_mode != "mtp":
+                return (f"The draft is a {run.draft_head} head (llama.cpp said it needs the target's context): "
+                        "if it was attached as a plain draft, use --spec-type draft-mtp (or the host's MTP "
+                        "setting); otherwise update llama.cpp, or serve without the draft until fixed.")
             return "Requests fail with HTTP 500: update llama.cpp, or serve without the draft until fixed."
     return ""
 
@@ -93,7 +111,7 @@ def _draft_memory(inc: Incident, run: Run) -> str:
     dev = inc.device or "the device"
     if not mib:
         return ("The draft's context did not fit: lower the draft context (-cd / --spec-draft-ctx-size on older "
-                "builds, -c overall), --parallel, or use a smaller draft.")
+                "builds, -c overall), --parallel, or use a smaller draft." + _fit_notes(run))
     attempts = int(inc.extra.get("failed_allocations", 1) or 1)
     per_slot = attempts > 1 or len(inc.slots) > 1
     n = max(attempts, len(inc.slots), 1)
@@ -116,7 +134,24 @@ def _draft_memory(inc: Incident, run: Run) -> str:
         used = run.ledger.total(device=dev)
         parts.append(f"{dev} reported {_m(free)} free before loading; the models already use {_m(used)} there")
     parts.append("or use a smaller draft model")
-    return "To fit the draft: " + "; ".join(parts) + "."
+    return "To fit the draft: " + "; ".join(parts) + "." + _fit_notes(run)
+
+
+def _fit_notes(run: Run) -> str:
+    """What memory fitting and the allocator said before the failure, when they said anything."""
+    out = ""
+    if run.fit_unmeasured is not None:
+        out += (f" Memory fitting could not measure the draft (line {run.fit_unmeasured.record.lineno}) and sized "
+                "the target without it, so the target may take the draft's memory: keep room with -fitt "
+                "(--fit-target, MiB per device) or fewer target layers (-ngl).")
+    est = run.ledger.estimated.get("draft")
+    if est:
+        out += f" llama.cpp estimated the draft at {_m(est)} before loading."
+    for note in run.memory_notes[-1:]:
+        if note.type == "alloc_warning":
+            out += (f" macOS warned that GPU allocations exceed the recommended working set (line "
+                    f"{note.record.lineno}): memory is paged and everything slows down.")
+    return out
 
 
 def _max_slot_ctx(run: Run) -> int | None:

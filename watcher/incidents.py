@@ -149,7 +149,15 @@ def render_title(inc: Incident) -> str:
     size = f" ({_mib(inc.mib)})" if inc.mib else ""
     slots = f", slots {slot_list(inc.slots)}" if inc.slots else ""
     off = "Speculative decoding OFF" if inc.server_state != "exited" else "Server exited"
+    cause = inc.extra.get("cause")
     match inc.kind:
+        case "draft_context_failed" if cause == "draft_head_alone":
+            head = inc.extra.get("draft_head") or "draft head"
+            return f"{off}: {draft} is a {head} draft head and cannot run without its target model"
+        case "draft_context_failed" if cause == "no_mtp_layers":
+            return f"{off}: MTP requested, but {basename(inc.model) or 'the model'} has no MTP layers"
+        case "draft_on_cpu" if cause == "no_gpu":
+            return f"Draft {draft} runs on the CPU: no usable GPU found (--gpu-layers-draft ignored)"
         case "draft_context_failed":
             why = "out of memory" if inc.mib or "memory" in inc.reason or "alloc" in inc.reason else "context failed"
             return f"{off}: draft {draft} {why}{where}{size}{slots}"

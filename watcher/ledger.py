@@ -56,6 +56,8 @@ class Ledger:
     failures: list[Failure] = field(default_factory=list)
     offload: dict[str, tuple[int, int]] = field(default_factory=dict)
     kv_cells: dict[str, int] = field(default_factory=dict)
+    #: MiB llama.cpp estimated for a role before loading it ("[spec] estimated memory usage of draft").
+    estimated: dict[str, float] = field(default_factory=dict)
 
     def add(self, role: str, kind: str, device: str, mib: float, lineno: int) -> None:
         """Record a successful allocation."""

@@ -72,6 +72,19 @@ class Run:
     draft_event: Event | None = None
     inherited_model: bool = False
     recent_errors: list[Event] = field(default_factory=list)
+    #: The architecture of a draft head (Gemma4Assistant, EAGLE3, DFlash) that llama.cpp said needs the
+    #: target's context ("X requires ctx_other to be set"): the process holds such a head.
+    draft_head: str | None = None
+    #: The last "failed to initialize the context" reason (or ctx_other note): the exception that the
+    #: next "failed to create context with model" line reports.
+    last_ctx_init: Event | None = None
+    mtp_unavailable: Event | None = None
+    fit_unmeasured: Event | None = None
+    gpu_ignored: Event | None = None
+    #: Recoverable allocation retries and memory warnings: context for a later memory incident.
+    memory_notes: list[Event] = field(default_factory=list)
+    #: Per-step acceptance counted into drafted/accepted (until a per-task summary line replaces it).
+    step_counts: bool = False
     incidents: dict[str, Incident] = field(default_factory=dict)
     _slot_events: set[tuple[int, str]] = field(default_factory=set)
     last_line: int = 0
@@ -142,6 +155,7 @@ class Stream:
         self.runs: list[Run] = []
         self.on_change = on_change
         self._pending_no_impls: Event | None = None
+        self._pending_gpu_ignored: Event | None = None
         self._last_acc: list[tuple[int, int]] = []  # (drafted, accepted) per task, newest last
 
     # -- runs -----------------------------------------------------------------------------------
@@ -179,6 +193,10 @@ class Stream:
             self._pending_no_impls = ev
             return
         run = self.run
+        if t == "draft_gpu_ignored" and self._started(run):
+            # Printed while the options are parsed, before the build line: the next launch's.
+            self._pending_gpu_ignored = ev
+            return
         slot_id = ev.get("slot")
         if t in _SLOT_INIT and slot_id is not None:
             if (slot_id, t) in run._slot_events:
@@ -188,6 +206,9 @@ class Stream:
             run = self._new_run(ev.record.lineno, t)
         if self._pending_no_impls is not None:
             pending, self._pending_no_impls = self._pending_no_impls, None
+            self._apply(run, pending)
+        if self._pending_gpu_ignored is not None and not self._started(run):
+            pending, self._pending_gpu_ignored = self._pending_gpu_ignored, None
             self._apply(run, pending)
         self._apply(run, ev)
 
@@ -206,6 +227,7 @@ class Stream:
             pending, self._pending_no_impls = self._pending_no_impls, None
             self._apply(self.run, pending)
         for run in self.runs:
+            self._check_mtp_unavailable(run)
             self._check_absence(run)
             self._check_draft_placement(run)
 
@@ -247,6 +269,34 @@ class Stream:
 
     def _on_fit_done(self, run: Run, ev: Event) -> None:
         run.in_fit_probe = False
+
+    def _on_fit_probe_note(self, run: Run, ev: Event) -> None:
+        # "X requires ctx_other to be set": X is a draft head that runs on its target's context. The fit
+        # probe creates it alone and expects this; it is a real failure only when the caller's
+        # "failed to create context with model" follows (see _on_context_failed).
+        run.draft_head = _head_arch(ev.get("reason")) or run.draft_head
+        run.last_ctx_init = ev
+
+    def _on_fit_extra_unmeasured(self, run: Run, ev: Event) -> None:
+        # -fit sized the target without the draft: context for a draft OOM that may follow.
+        run.fit_unmeasured = ev
+        if "ctx_other" in (ev.get("reason") or ""):
+            run.draft_head = _head_arch(ev.get("reason")) or run.draft_head
+
+    def _on_fit_spec_estimate(self, run: Run, ev: Event) -> None:
+        if ev.get("mib") is not None:
+            run.ledger.estimated["draft"] = ev.get("mib")
+
+    def _on_alloc_retry(self, run: Run, ev: Event) -> None:
+        # Recoverable (llama.cpp retries with less); only worth showing beside a failure that follows.
+        run.memory_notes = [*run.memory_notes[-3:], ev]
+
+    _on_alloc_warning = _on_alloc_retry
+
+    def _on_draft_gpu_ignored(self, run: Run, ev: Event) -> None:
+        # Judged once the load is over: a build that loads its GPU backends late prints this and still
+        # offloads, so the log's own placement lines have the last word (_check_draft_placement).
+        run.gpu_ignored = ev
 
     def _on_model_loaded(self, run: Run, ev: Event) -> None:
         run.phase = "serving"
@@ -306,6 +356,15 @@ class Stream:
         if not run.in_fit_probe:
             run.recent_errors.append(ev)
 
+    def _on_mtp_unavailable(self, run: Run, ev: Event) -> None:
+        if run.in_fit_probe:
+            return
+        run.mtp_unavailable = ev
+        run.spec_requested = True
+        run.spec_mode = "mtp"
+        run.role = "draft"
+        run.recent_errors.append(ev)
+
     _on_ctx_init_failed = _on_alloc_error
     _on_vocab_mismatch = _on_alloc_error
     _on_model_file_error = _on_alloc_error
@@ -326,6 +385,7 @@ class Stream:
             run.slot(ev.get("slot")).n_ctx = ev.get("n_ctx")
 
     def _on_spec_ctx_not_init(self, run: Run, ev: Event) -> None:
+        self._check_mtp_unavailable(run)
         sid = ev.get("slot")
         if sid is not None:
             run.slot(sid).speculative = "off"
@@ -367,7 +427,44 @@ class Stream:
         inc = self._incident(run, kind, ev, reason=ev.get("reason") or "failed to create draft context")
         self._attach_errors(run, inc)
 
-    _on_mtp_ctx_failed = _on_draft_context_failed
+    def _on_mtp_ctx_failed(self, run: Run, ev: Event) -> None:
+        if run.mtp_unavailable is not None:
+            self._mtp_without_layers(run, ev)
+        else:
+            self._on_draft_context_failed(run, ev)
+
+    def _mtp_without_layers(self, run: Run, ev: Event) -> None:
+        target = basename(run.target_model) or "the target model"
+        inc = self._incident(run, "draft_context_failed", ev,
+                             reason=f"MTP speculation was requested, but {target} has no MTP layers")
+        inc.extra["cause"] = "no_mtp_layers"
+        self._attach_errors(run, inc)
+
+    def _draft_head_failed(self, run: Run, ev: Event, cause: Event | None) -> None:
+        """A draft head's own context failed for want of its target's: it was loaded as a model alone."""
+        ln = ev.record.lineno
+        inc = run.incidents.get("draft_context_failed")
+        if inc is not None and inc.extra.get("cause") == "draft_head_alone" and ln_close(inc.last_line, ln):
+            # The same failure reported again up the call chain (common_init, then the server's load_model).
+            inc.add_evidence(ln, ev.record.text)
+            self._changed(inc)
+            return
+        path = ev.get("model")
+        arch = run.draft_head or _head_arch(ev.get("reason")) or "draft head"
+        run.draft_model = run.draft_model or path
+        run.spec_requested = True  # a draft head only exists to speculate with
+        as_main = bool(run.target_model) and basename(run.target_model) == basename(path)
+        reason = (f"{basename(path)} is a {arch} draft head: it needs its target model's context and was "
+                  f"created without one" + (" (it was loaded as the main model)" if as_main else ""))
+        inc = self._incident(run, "draft_context_failed", ev, reason=reason)
+        inc.extra["cause"] = "draft_head_alone"
+        inc.extra["draft_head"] = arch
+        # common_init_* failing makes the server's (or the CLI's) model load fail: the process exits.
+        inc.server_state = "exited"
+        if cause is not None:
+            inc.add_evidence(cause.record.lineno, cause.record.text)
+            inc.first_line = min(inc.first_line, cause.record.lineno)
+        self._attach_errors(run, inc)
 
     def _on_draft_load_failed(self, run: Run, ev: Event) -> None:
         run.draft_model = run.draft_model or ev.get("model")
@@ -375,6 +472,12 @@ class Stream:
         self._attach_errors(run, inc)
 
     def _on_model_load_failed(self, run: Run, ev: Event) -> None:
+        head = run.incidents.get("draft_context_failed")
+        if head is not None and head.extra.get("cause") == "draft_head_alone" \
+                and ln_close(head.last_line, ev.record.lineno):
+            head.add_evidence(ev.record.lineno, ev.record.text)  # the host's summary of that same failure
+            self._changed(head)
+            return
         model = ev.get("model")
         is_draft = run.role == "draft" or (model and run.draft_model and basename(model) == basename(run.draft_model))
         if is_draft:
@@ -384,7 +487,24 @@ class Stream:
             self._attach_errors(run, inc, role="target")
 
     def _on_context_failed(self, run: Run, ev: Event) -> None:
+        named = ev.get("model") is not None
+        if named:
+            # "failed to create context with model '...'" comes from common_init_* or the server's
+            # load_model, never from the fit probe (which throws "failed to create llama_context from
+            # model" into a fit warning): whatever fitting did, this is the real context.
+            run.in_fit_probe = False
         if run.in_fit_probe:
+            return
+        cause = run.last_ctx_init
+        if not named:
+            run.last_ctx_init = ev
+        elif _needs_target_ctx(ev.get("reason")) or (
+            cause is not None and cause.type == "fit_probe_note"
+            and 0 <= ev.record.lineno - cause.record.lineno <= _CHAIN_GAP
+        ):
+            # llama_init_from_model logs its exception and returns; its caller logs this line next. A
+            # "requires ctx_other" exception right before it is that context's cause, not a fit probe.
+            self._draft_head_failed(run, ev, cause)
             return
         if run.role == "draft":
             self._on_draft_context_failed(run, ev)
@@ -462,8 +582,33 @@ class Stream:
             self._check_absence(run)
 
     def _on_draft_acceptance(self, run: Run, ev: Event) -> None:
+        if run.step_counts:
+            # The per-task summary counts the same tokens as the per-step lines before it: it wins.
+            run.step_counts = False
+            run.drafted = run.accepted = 0
+            for s in run.slots.values():
+                s.drafted = s.accepted = 0
+            self._last_acc = []
         gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
         run.acceptance_lines += 1
+        run.drafted += gen
+        run.accepted += acc
+        sid = ev.get("slot")
+        if sid is not None:
+            s = run.slot(sid)
+            s.drafted += gen
+            s.accepted += acc
+            s.speculative = "on"
+        self._last_acc.append((gen, acc))
+        self._check_acceptance(run, ev)
+
+    def _on_draft_step_accepted(self, run: Run, ev: Event) -> None:
+        # One verification step (debug / LLAMA_TRACE logs). Counted only while no per-task summary line
+        # has appeared in this run: builds before b4984 print no summary, only these.
+        if run.acceptance_lines:
+            return
+        gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
+        run.step_counts = True
         run.drafted += gen
         run.accepted += acc
         sid = ev.get("slot")
@@ -503,6 +648,7 @@ class Stream:
                 self._changed(inc)
 
     def _finalise_load(self, run: Run) -> None:
+        self._check_mtp_unavailable(run)
         for inc in run.incidents.values():
             if inc.server_state == "unknown" and inc.kind != "main_model_oom":
                 inc.server_state = "serving_without_speculation"
@@ -562,8 +708,20 @@ class Stream:
             inc.resolution = f"acceptance recovered to {rate:.0%}"
             self._changed(inc)
 
+    def _check_mtp_unavailable(self, run: Run) -> None:
+        """MTP was refused for want of MTP layers and no context failure said so: say it here."""
+        if run.mtp_unavailable is None or run.spec_confirmed or "draft_context_failed" in run.incidents:
+            return
+        self._mtp_without_layers(run, run.mtp_unavailable)
+
     def _check_draft_placement(self, run: Run) -> None:
         t, d = run.ledger.offload.get("target"), run.ledger.offload.get("draft")
+        if run.gpu_ignored is not None and "draft_on_cpu" not in run.incidents and not _on_gpu(run):
+            inc = self._incident(run, "draft_on_cpu", run.gpu_ignored, severity="warning",
+                                 reason="no usable GPU found: --gpu-layers-draft was ignored")
+            inc.extra["cause"] = "no_gpu"
+            inc.hint = hints.for_incident(inc, run)
+            inc.server_state = "serving" if run.phase == "serving" else inc.server_state
         if not t or not d or "draft_on_cpu" in run.incidents:
             return
         if t[0] > 0 and d[0] == 0 and d[1] > 0:
@@ -610,6 +768,13 @@ class Stream:
                 inc.add_evidence(run.draft_event.record.lineno, run.draft_event.record.text)
             for e in run.recent_errors[-4:]:
                 inc.add_evidence(e.record.lineno, e.record.text)
+            if _is_memory(inc):
+                # Why it did not fit: -fit left the draft out, or llama.cpp already retried with less.
+                notes = run.memory_notes[-1:]
+                if run.fit_unmeasured is not None and inc.kind != "main_model_oom":
+                    notes.append(run.fit_unmeasured)
+                for e in notes:
+                    inc.add_evidence(e.record.lineno, e.record.text)
         inc.evidence.sort(key=lambda e: e.lineno)
         run.recent_errors.clear()
         inc.hint = hints.for_incident(inc, run)
@@ -621,6 +786,38 @@ class Stream:
     def incidents(self) -> list[Incident]:
         """Every incident of every run, oldest first."""
         return [i for r in self.runs for i in r.incidents.values()]
+
+
+#: Lines between llama_init_from_model's exception line and its caller's "failed to create context"
+#: line: printed back to back; LM Studio's record header may sit between them.
+_CHAIN_GAP = 3
+
+
+def _head_arch(reason: str | None) -> str | None:
+    """``Gemma4Assistant`` from "Gemma4Assistant requires ctx_other to be set (...)"."""
+    if not reason or "requires ctx_other" not in reason:
+        return None
+    head = reason.split(" requires ctx_other", 1)[0].split(":")[-1].strip()
+    return head or None
+
+
+def _needs_target_ctx(reason: str | None) -> bool:
+    return bool(reason) and "requires ctx_other" in str(reason)
+
+
+def _is_memory(inc: Incident) -> bool:
+    low = inc.reason.lower()
+    return bool(inc.mib) or inc.kind == "main_model_oom" or "memory" in low or "alloc" in low
+
+
+def _on_gpu(run: Run) -> bool:
+    """The log shows model memory on a GPU (a GPU build after all), for the draft if it says anything of it."""
+    d = run.ledger.offload.get("draft")
+    if d is not None:
+        return d[0] > 0
+    gpu = any(not a.device.startswith(("CPU", "?")) and not a.device.endswith("_Host")
+              for a in run.ledger.allocations)
+    return gpu or run.ledger.offload.get("target", (0, 0))[0] > 0
 
 
 def _trigger(inc: Incident) -> str:
