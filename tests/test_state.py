@@ -207,6 +207,14 @@ def test_gpu_layers_draft_warning_is_dropped_when_the_draft_is_offloaded(cat: Ca
     assert kinds(a) == []
 
 
+def test_gpu_layers_draft_warning_without_a_draft_raises_nothing(cat: Catalogue) -> None:
+    """-ngld given but no draft loaded (or the draft already failed): there is no draft on the CPU to warn of."""
+    assert kinds(feed(cat, GPU_IGNORED, LOAD_TARGET, MODEL_LOADED)) == []
+    a = feed(cat, GPU_IGNORED, LOAD_TARGET, "srv    load_model: loading draft model '/models/missing.gguf'",
+             "srv    load_model: failed to load draft model, '/models/missing.gguf'")
+    assert kinds(a) == ["draft_load_failed"]
+
+
 def test_gpu_layers_draft_warning_belongs_to_the_next_launch(cat: Catalogue) -> None:
     """Printed while options are parsed: after a served run it is the next launch's, not the served one's."""
     a = feed(cat, LOAD_TARGET, LOAD_DRAFT, MODEL_LOADED, GPU_IGNORED,

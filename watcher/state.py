@@ -716,7 +716,9 @@ class Stream:
 
     def _check_draft_placement(self, run: Run) -> None:
         t, d = run.ledger.offload.get("target"), run.ledger.offload.get("draft")
-        if run.gpu_ignored is not None and "draft_on_cpu" not in run.incidents and not _on_gpu(run):
+        # Only a draft that was loaded and not already lost to a worse failure is worth the warning.
+        moot = run.draft_model is None or any(i.severity == "critical" for i in run.incidents.values())
+        if run.gpu_ignored is not None and "draft_on_cpu" not in run.incidents and not moot and not _on_gpu(run):
             inc = self._incident(run, "draft_on_cpu", run.gpu_ignored, severity="warning",
                                  reason="no usable GPU found: --gpu-layers-draft was ignored")
             inc.extra["cause"] = "no_gpu"
