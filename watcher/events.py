@@ -22,6 +22,7 @@ FIELD_TYPES: dict[str, type] = {
     "seqs": int,
     "tokens": int,
     "build": int,
+    "port": int,
     "free_mib": float,
     "total_mib": float,
     "mib": float,
@@ -41,6 +42,9 @@ FIELD_TYPES: dict[str, type] = {
     "server": str,
     "cmd": str,
     "detail": str,
+    # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
+    # ``model``: the demux in watcher/swap.py keys per-model state on it.
+    "swap_model": str,
 }
 
 
