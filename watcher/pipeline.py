@@ -10,7 +10,8 @@ from watcher.classify import Classifier
 from watcher.events import Event
 from watcher.framing import Framer, LineSelector
 from watcher.incidents import Incident
-from watcher.state import Settings, Stream
+from watcher.state import Settings
+from watcher.swap import SwapStream
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Analyzer:
         self.catalogue = catalogue
         self.classifier = classifier or Classifier(catalogue)
         self.framer = Framer(selector or LineSelector(catalogue.anchors), source=source)
-        self.stream = Stream(source, settings, on_change=on_incident)
+        self.stream = SwapStream(source, settings, on_change=on_incident)
         self.on_event = on_event
         self.counters = Counters()
 
