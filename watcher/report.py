@@ -49,6 +49,7 @@ def _details(inc: Incident, width: int) -> list[str]:
     field("kind", f"{inc.kind} ({inc.severity}, {inc.confidence})")
     field("source", f"{inc.source} (run {inc.run}, lines {inc.first_line}-{inc.last_line})")
     field("model", basename(inc.model) or None)
+    field("llama-swap", inc.extra.get("swap_model"))
     field("draft", inc.draft_model)
     field("slots", slot_list(inc.slots) or None)
     if inc.device or inc.mib:

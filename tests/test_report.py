@@ -1,0 +1,34 @@
+"""The human report: the banner names what failed, where, and, behind llama-swap, which of its models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import ROOT
+from watcher import catalogue, report
+from watcher.pipeline import Analyzer
+
+SWAP = ROOT / "samples" / "swap" / "llamaswap-debug-draft-oom-exit-then-swap.log"
+
+
+def _incidents(log: Path):  # type: ignore[no-untyped-def]
+    a = Analyzer(catalogue.load(), source=log.name)
+    a.feed(log.read_bytes())
+    a.finish()
+    return a.incidents()
+
+
+def test_banner_names_the_llama_swap_model() -> None:
+    """An incident of a model started by llama-swap shows that model's id from llama-swap's config."""
+    incs = [i for i in _incidents(SWAP) if i.extra.get("swap_model")]
+    assert incs, "the swap sample attributes its failure to a llama-swap model"
+    text = report.banner(incs[0], colour=False)
+    assert f"llama-swap  {incs[0].extra['swap_model']}" in text
+
+
+def test_banner_of_a_plain_server_has_no_llama_swap_line() -> None:
+    """A single llama-server log says nothing about llama-swap."""
+    seed = next((ROOT / "samples" / "seed").glob("*.log"))
+    text = report.banner(_incidents(seed)[0], colour=False)
+    assert "llama-swap" not in text
+    assert "SPECWATCH" in text
