@@ -589,26 +589,19 @@ class Stream:
             for s in run.slots.values():
                 s.drafted = s.accepted = 0
             self._last_acc = []
-        gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
         run.acceptance_lines += 1
-        run.drafted += gen
-        run.accepted += acc
-        sid = ev.get("slot")
-        if sid is not None:
-            s = run.slot(sid)
-            s.drafted += gen
-            s.accepted += acc
-            s.speculative = "on"
-        self._last_acc.append((gen, acc))
-        self._check_acceptance(run, ev)
+        self._count_acceptance(run, ev)
 
     def _on_draft_step_accepted(self, run: Run, ev: Event) -> None:
         # One verification step (debug / LLAMA_TRACE logs). Counted only while no per-task summary line
         # has appeared in this run: builds before b4984 print no summary, only these.
         if run.acceptance_lines:
             return
-        gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
         run.step_counts = True
+        self._count_acceptance(run, ev)
+
+    def _count_acceptance(self, run: Run, ev: Event) -> None:
+        gen, acc = ev.get("generated", 0), ev.get("accepted", 0)
         run.drafted += gen
         run.accepted += acc
         sid = ev.get("slot")
