@@ -201,3 +201,26 @@ def test_regular_file_is_recognised(tmp_path) -> None:
     r, w = os.pipe()
     with os.fdopen(r, "rb") as fh, os.fdopen(w, "wb"):
         assert not pipe.is_regular_file(fh)
+
+
+def test_a_stuck_analysis_does_not_stop_the_copy_of_a_file(monkeypatch) -> None:
+    """Even from a regular file, an analysis that makes no progress is given up on and input skipped."""
+    import threading
+
+    monkeypatch.setattr(pipe, "MAX_BACKLOG", 4096)
+    monkeypatch.setattr(pipe, "STALL", 0.3)
+    release = threading.Event()
+
+    class Stuck(_SlowAnalyzer):
+        def feed(self, chunk: bytes) -> None:
+            release.wait(30)
+            self.fed.append(chunk)
+
+    analyzer = Stuck()
+    side = SideAnalysis(analyzer, lambda: None, lambda n: None, lambda e: None)  # type: ignore[arg-type]
+    for _ in range(20):
+        side.put(b"x" * 1024 + b"\n", wait=True)
+    assert side.skipped > 0
+    release.set()
+    side.close(timeout=30)
+    assert sum(map(len, analyzer.fed)) + side.skipped == 20 * 1025

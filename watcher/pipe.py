@@ -14,6 +14,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -26,6 +27,8 @@ MAX_BACKLOG = 8 * 1024 * 1024
 # Queued chunks are joined up to this size before analysis: one prefilter pass over a large buffer is
 # far cheaper than many over small ones, and a live server's trickle still goes through one by one.
 BATCH = 2 * 1024 * 1024
+#: Seconds without progress after which a waiting copy stops waiting for the analysis.
+STALL = 5.0
 
 
 class Passthrough:
@@ -112,6 +115,7 @@ class SideAnalysis:
         self._backlog = 0
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
+        self._stalled = False
         self.skipped = 0
         self.failed = False
         self._thread = threading.Thread(target=self._run, name="specwatch-analysis", daemon=True)
@@ -122,8 +126,16 @@ class SideAnalysis:
         if self.failed:
             return
         with self._lock:
-            if wait:
+            if wait and not self._stalled:
+                # Waiting is for a busy analysis, not a stuck one (say a sink blocked on a full stderr
+                # pipe): once it has made no progress for STALL seconds, skipping resumes until it moves.
+                backlog, deadline = self._backlog, time.monotonic() + STALL
                 while self._backlog and self._backlog + len(chunk) > MAX_BACKLOG and not self.failed:
+                    if self._backlog != backlog:
+                        backlog, deadline = self._backlog, time.monotonic() + STALL
+                    elif time.monotonic() >= deadline:
+                        self._stalled = True
+                        break
                     self._drained.wait(self.idle)
             if self._backlog + len(chunk) > MAX_BACKLOG:
                 self.skipped += len(chunk)
@@ -167,6 +179,7 @@ class SideAnalysis:
                     self.analyzer.feed(data)
                     with self._lock:
                         self._backlog -= size
+                        self._stalled = False
                         self._drained.notify_all()
                 if done:
                     self.analyzer.finish()
