@@ -37,19 +37,45 @@ def test_open_then_repeat_bumps_count(store: Store) -> None:
 
 
 def test_ack_resolve_and_recurrence_reopens(store: Store) -> None:
-    """Acknowledged, then resolved, then recurring: opens again in a new generation with the ack cleared."""
+    """Acknowledged, updated (stays acknowledged), resolved, then recurring: opens again in a new generation."""
     i = inc()
     store.record(i.as_dict(), "opened", 1.0)
     assert store.acknowledge([i.key], "on it", 2.0) == [i.key]
     assert store.get(i.key).status == "acknowledged"  # type: ignore[union-attr]
-    what, row = store.record(i.as_dict(), "opened", 3.0)
-    assert what == "repeat" and row.status == "acknowledged"
+    what, row = store.record(i.as_dict(), "updated", 3.0)
+    assert what == "updated" and row.status == "acknowledged" and row.ack_note == "on it"
     i.status = "resolved"
     assert store.record(i.as_dict(), "resolved", 4.0)[0] == "resolved"
     i.status = "open"
     what, row = store.record(i.as_dict(), "opened", 5.0)
     assert what == "reopened" and row.status == "open" and row.generation == 2 and row.ack_note == ""
-    assert [h[2] for h in store.history()] == ["reopened", "resolved", "repeat", "acknowledged", "opened"]
+    assert [h[2] for h in store.history()] == ["reopened", "resolved", "updated", "acknowledged", "opened"]
+
+
+def test_recurrence_after_ack_reopens(store: Store) -> None:
+    """A new occurrence of an acknowledged incident (a later load or process) reopens it: the ack ended the alert."""
+    i = inc()
+    store.record(i.as_dict(), "opened", 1.0)
+    store.acknowledge(None, "swapping the draft", 2.0)
+    what, row = store.record(i.as_dict(), "opened", 3.0)
+    assert what == "reopened" and row is not None
+    assert (row.status, row.generation, row.count, row.ack_note, row.acked_at) == ("open", 2, 2, "", None)
+    assert row.opened_at == 3.0 and row.first_seen == 1.0
+    assert store.acknowledge([i.key], "", 4.0) == [i.key]
+
+
+def test_acknowledge_hook_runs_in_the_transaction(store: Store) -> None:
+    """A failing ``then`` hook rolls the acknowledgement back: status and its message commit together."""
+    i = inc()
+    store.record(i.as_dict(), "opened", 1.0)
+
+    def boom(_c: object, _row: object) -> None:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.acknowledge([i.key], "", 2.0, boom)
+    assert store.get(i.key).status == "open"  # type: ignore[union-attr]
+    assert [h[2] for h in store.history()] == ["opened"]
 
 
 def test_resolve_of_unknown_is_unchanged(store: Store) -> None:

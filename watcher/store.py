@@ -2,9 +2,12 @@
 
 An incident row is keyed by ``Incident.key`` and has a lifecycle: ``open`` -> ``acknowledged`` (a person,
 with an optional note) or ``resolved`` (the server later loaded with working speculation). A recurrence
-after ``resolved`` opens it again in a new *generation* (the outbox keys its messages by generation, so a
-reopened incident is announced again); a repeat of an open or acknowledged one only bumps ``count`` and
-``last_seen``. Every transition is also written to ``incident_log`` for ``specwatch history``.
+after ``resolved`` or ``acknowledged`` (a new occurrence: the dispatcher's ``opened``, i.e. a later load or a
+new process, not an update of the same one) opens it again in a new *generation* (the outbox keys its
+messages by generation, so a reopened incident is announced again: an acknowledgement ends the alert, so
+it must not silence the next failure); a repeat of an open one, or an update of an acknowledged one, only
+bumps ``count`` and ``last_seen``. Every transition is also written to ``incident_log`` for ``specwatch
+history``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +166,7 @@ class Store:
                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, 'open', '', NULL, NULL, '', ?)",
                           (key, *fields[:8], now, now, now, fields[8]))
                 what = "opened"
-            elif old.status == "resolved":
+            elif old.status == "resolved" or (old.status == "acknowledged" and change == "opened"):
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + 1, "
                           "generation = generation + 1, status = 'open', ack_note = '', acked_at = NULL, "
@@ -189,8 +192,13 @@ class Store:
             raise AmbiguousIdError(f"id {prefix} matches {len(rows)} incidents; give more characters")
         return rows[0][0] if rows else None
 
-    def acknowledge(self, keys: list[str] | None, note: str, now: float) -> list[str]:
-        """Acknowledge the open incidents ``keys`` (None: all open ones); returns the keys changed."""
+    def acknowledge(self, keys: list[str] | None, note: str, now: float,
+                    then: Callable[[sqlite3.Connection, StoredIncident], None] | None = None) -> list[str]:
+        """Acknowledge the open incidents ``keys`` (None: all open ones); returns the keys changed.
+
+        ``then`` runs inside the same transaction for each acknowledged incident (the outbox queues the
+        message that ends the alert there, so the status change and its message commit together or not at all).
+        """
         with self.transaction() as c:
             if keys is None:
                 keys = [r[0] for r in c.execute("SELECT key FROM incidents WHERE status = 'open'")]
@@ -202,6 +210,9 @@ class Store:
                     done.append(key)
                     c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, 'acknowledged', ?)",
                               (key, now, note))
+                    if then is not None:
+                        r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
+                        then(c, _row(r))
         return done
 
     def get(self, key: str) -> StoredIncident | None:
