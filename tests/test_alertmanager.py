@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
+import sqlite3
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import Result, cli, wait_for
 from watcher import catalogue as cat
 from watcher.environment import Environment
 from watcher.incidents import Incident
@@ -193,6 +198,27 @@ def test_payload_times_and_labels() -> None:
     assert resolved["endsAt"] == am.rfc3339(now - 1)
 
 
+def test_acknowledged_payload_ends_at_the_ack() -> None:
+    """An acknowledged message ends the alert at the acknowledgement's time and carries the note."""
+    now = 1_700_000_000.0
+    alert = am.alerts_payload([{"kind": "spec_disabled", "message": "acknowledged", "status": "acknowledged",
+                                "acked_at": now - 5, "ack_note": "swapping the draft", "opened_at": now - 60}],
+                              now=now)[0]
+    assert alert["endsAt"] == am.rfc3339(now - 5)
+    assert alert["annotations"]["ack_note"] == "swapping the draft"
+
+
+def test_alertmanager_plugin_wants_acknowledgements() -> None:
+    """Only the alertmanager plugin declares acknowledged messages; other targets keep the default set."""
+    from watcher.notify import contract
+
+    assert contract.wants("alertmanager://127.0.0.1:9093", "acknowledged")
+    assert contract.wants("alertmanagers://u:****@am.example/", "acknowledged")
+    for url in ("json://127.0.0.1/hook", "specwatch://", "mmost://host/token", "nosuchscheme://x"):
+        assert not contract.wants(url, "acknowledged")
+        assert contract.wants(url, "resolved") and contract.wants(url, "opened")
+
+
 def test_apprise_knows_the_schemes() -> None:
     """alertmanager:// and alertmanagers:// are apprise URLs; the password never shows in the privacy URL."""
     import apprise
@@ -204,3 +230,146 @@ def test_apprise_knows_the_schemes() -> None:
     assert not any("s3cretpass" in u for u in shown)
     assert ap[1].base_url == "https://am.example:443/prefix"
     assert ap[1].ttl == 60
+
+
+# -- acknowledgements end the alert ------------------------------------------------------------------------------
+
+SEED = ROOT / "samples" / "seed" / "lmstudio-280-draft-kv-oom.log"
+SEED_KINDS = {"draft_context_failed", "spec_disabled"}
+
+
+class Gate:
+    """An HTTP forwarder in front of Alertmanager: ``close()`` makes it unreachable while it keeps its alerts."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = _free_port()
+        self.server: ThreadingHTTPServer | None = None
+        self.open()
+
+    def open(self) -> None:
+        upstream = self.upstream
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                req = urllib.request.Request(upstream + self.path, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    status, reply = r.status, r.read()
+                self.send_response(status)
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Forward)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class Watcher:
+    """``specwatch`` in pipe mode as its own process, fed the seed log, kept running (stdin stays open)."""
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        conf = tmp / "watcher.toml"
+        conf.write_text("[notify]\nrepeat = 0\nbackoff = 0.2\nbackoff_max = 0.5\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "watcher", "--config", str(conf), "--notify", url,
+                                      "--no-summary"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=(tmp / "watcher.err").open("wb"), env=env)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(SEED.read_bytes())
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _active(a: Alertmanager) -> set[str]:
+    return {x["labels"]["kind"] for x in a.alerts() if x["status"]["state"] == "active"}
+
+
+def _ack(*argv: str) -> Result:
+    res = cli("ack", *argv)
+    assert res.status == 0, res.stderr
+    return res
+
+
+def test_ack_ends_the_alert_through_the_running_watcher(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """The seed fires two alerts; `specwatch ack --all` with no targets of its own ends both within seconds."""
+    watcher = Watcher(tmp_path, f"alertmanager://127.0.0.1:{alertmanager.port}")
+    try:
+        wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the seed's two alerts")
+        res = _ack("--all", "--note", "swapping the draft")
+        started = time.monotonic()
+        assert res.out.count("acknowledged ") == 2
+        assert "queued: alertmanager://127.0.0.1:" in res.out  # this process knows no target: the watcher sends
+        wait_for(lambda: not _active(alertmanager), "the acknowledged alerts to end", limit=10)
+        assert time.monotonic() - started < 5
+    finally:
+        watcher.stop()
+
+
+def test_ack_without_a_watcher_ends_the_alert_itself(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """With no watcher running, `specwatch ack ID --notify URL` posts the end itself before it returns."""
+    url = f"alertmanager://127.0.0.1:{alertmanager.port}"
+    watcher = Watcher(tmp_path, url)
+    wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the seed's two alerts")
+    watcher.stop()
+    key = next(x["annotations"]["specwatch_id"] for x in alertmanager.alerts()
+               if x["labels"]["kind"] == "draft_context_failed")
+    res = _ack(key[:8], "--notify", url)
+    assert f"acknowledged {key[:8]}" in res.out and f"alert ended: {url}" in res.out
+    assert _active(alertmanager) == {"spec_disabled"}  # already ended when ack returned
+    assert cli("notify", "list", "--notify", url).out.count("queued:") == 0
+
+
+def test_ack_while_alertmanager_is_down_is_delivered_later(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """Acknowledged while Alertmanager is unreachable: ack reports it queued; the watcher ends the alert once
+    Alertmanager is reachable again, exactly once."""
+    gate = Gate(alertmanager.url)
+    url = f"alertmanager://127.0.0.1:{gate.port}?cto=1&rto=2"
+    watcher = Watcher(tmp_path, url)
+    try:
+        wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the seed's two alerts")
+        gate.close()
+        res = _ack("--all", "--notify", url, "--config", str(tmp_path / "watcher.toml"))
+        assert "queued: alertmanager://127.0.0.1:" in res.out and "cannot reach Alertmanager" in res.out
+        time.sleep(1.5)  # the watcher retries meanwhile, and fails too
+        assert _active(alertmanager) == SEED_KINDS
+        gate.open()
+        wait_for(lambda: not _active(alertmanager), "the alerts to end once Alertmanager is back", limit=15)
+    finally:
+        gate.close()
+        watcher.stop()
+    rows = sqlite3.connect(Path(os.environ["SPECWATCH_STATE_DIR"]) / "specwatch.db").execute(
+        "SELECT state, attempts FROM outbox WHERE kind = 'acknowledged'").fetchall()
+    assert len(rows) == 2  # one per incident, each sent once after failing at least once
+    assert all(state == "sent" and attempts >= 2 for state, attempts in rows)
+
+
+def test_recurrence_after_ack_fires_again(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    """The same failure after an acknowledgement (the server restarted, failed again) reopens it and fires."""
+    url = f"alertmanager://127.0.0.1:{alertmanager.port}"
+    first = Watcher(tmp_path, url)
+    wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the seed's two alerts")
+    first.stop()
+    _ack("--all", "--notify", url)
+    assert not _active(alertmanager)
+    again = Watcher(tmp_path, url)
+    try:
+        wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the alerts to fire again")
+        assert "open" in cli("status").out
+    finally:
+        again.stop()

@@ -1,18 +1,28 @@
-"""``specwatch status``, ``ack`` and ``history``: the incidents a person has not dealt with yet."""
+"""``specwatch status``, ``ack`` and ``history``: the incidents a person has not dealt with yet.
+
+``ack`` queues, in the acknowledgement's own transaction, the messages that end the incidents' alerts (for
+targets whose plugin wants them: Alertmanager), then sends them at once to the targets it knows from the
+same flags, environment and config file as every other command. What it cannot send (a target it does
+not know, or one that is down) stays queued: a running watcher with that target sends it within about a
+second, retrying while the target is down, or ``specwatch notify flush`` does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
 from watcher.notify.outbox import Outbox
+from watcher.notify.targets import Target
+from watcher.notify.worker import Worker
 from watcher.store import AmbiguousIdError, Store
 
-from ._common import UsageError
+from ._common import UsageError, load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,11 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     _state(p)
     p.set_defaults(handler=run_status)
-    a = sub.add_parser("ack", help="acknowledge incidents: stops their repeats",
-                       description="Acknowledge open incidents by id (or a unique prefix, as status prints it).")
+    a = sub.add_parser("ack", help="acknowledge incidents: stops their repeats and ends their Alertmanager alerts",
+                       description="Acknowledge open incidents by id (or a unique prefix, as status prints it). "
+                                   "Stops their repeats and ends their alerts in Alertmanager: sent now to the "
+                                   "targets configured here, else by the running watcher (or notify flush).")
     a.add_argument("ids", nargs="*", metavar="ID", help="incident id or unique prefix")
     a.add_argument("--all", action="store_true", help="acknowledge every open incident")
     a.add_argument("--note", default="", metavar="TEXT", help="why, for the history")
+    a.add_argument("--config", type=Path, metavar="FILE", help="configuration file (its [notify] targets)")
+    a.add_argument("--notify", action="append", metavar="URL", default=[],
+                   help="a target to send the acknowledgement to now (also $SPECWATCH_NOTIFY and [notify] urls)")
+    a.add_argument("--notify-config", action="append", metavar="FILE", default=[],
+                   help="apprise configuration file with more targets (repeatable)")
     _state(a)
     a.set_defaults(handler=run_ack)
     h = sub.add_parser("history", help="recent incident transitions",
@@ -78,9 +95,10 @@ def run_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    """Acknowledge by id or ``--all``; stops repeats."""
+    """Acknowledge by id or ``--all``; stops repeats, queues and sends the messages that end the alerts."""
     if bool(args.ids) == bool(args.all):
         raise UsageError("ack: give incident ids or --all (not both)")
+    targets = notify_sink.targets_from(args, env, load_config(args, env))
     store = _open(args, env)
     try:
         keys: list[str] | None = None
@@ -94,17 +112,40 @@ def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
                 if key is None:
                     raise UsageError(f"ack: no incident with id {ident} (see specwatch status)")
                 keys.append(key)
-        done = store.acknowledge(keys, args.note, env.clock())
-        outbox = Outbox(store)
-        for k in done:
-            outbox.cancel_repeats(k)
+        done = Outbox(store).acknowledge(keys, args.note, env.clock())
+        for k in done.keys:
             inc = store.get(k)
             env.stdout.write(f"acknowledged {k[:8]}  {inc.title if inc else ''}\n".encode())
     finally:
         store.close()
-    if not done:
+    if not done.keys:
         env.stdout.write(b"nothing to acknowledge (no matching open incident)\n")
+    if done.rows:
+        _send_ends(args, env, targets, done.rows)
     return ExitStatus.OK
+
+
+def _send_ends(args: argparse.Namespace, env: Environment, targets: list[Target],
+               rows: list[tuple[int, str, str]]) -> None:
+    """Send the queued alert ends to the targets this process knows; say where each one stands."""
+    known = {t.id for t in targets}
+    mine = [r for r in rows if r[1] in known]
+    if mine:
+        worker = Worker(notify_sink.db_path(args, env), [t for t in targets if t.id in {r[1] for r in mine}],
+                        notify_sink.settings_from(args, load_config(args, env)), env.clock)
+        results = {res.target.id: res for res in worker.run_once(only=[r[0] for r in mine])}
+        for target_id, label in dict.fromkeys((r[1], r[2]) for r in mine):
+            res = results.get(target_id)
+            if res is None:  # a running watcher claimed the row first: it is sending it
+                env.stdout.write(f"alert end being sent by a running specwatch: {label}\n".encode())
+            elif res.ok:
+                env.stdout.write(f"alert ended: {label}\n".encode())
+            else:
+                env.stdout.write(f"queued: {label}: {res.error} (retried by a running specwatch with this "
+                                 f"target, or specwatch notify flush)\n".encode())
+    for label in dict.fromkeys(label for _, target, label in rows if target not in known):
+        env.stdout.write(f"queued: {label} (sent by the running specwatch with this target, or specwatch "
+                         f"notify flush --notify URL)\n".encode())
 
 
 def run_history(args: argparse.Namespace, env: Environment) -> ExitStatus:

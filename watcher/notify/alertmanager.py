@@ -8,8 +8,10 @@ the labels are stable and bounded (``alertname``, ``kind``, ``severity``, ``inst
 never adds another. A firing alert carries ``endsAt = now + ttl`` (``?ttl=SECONDS``, default 6 hours):
 Alertmanager keeps it firing at least that long after the last post, so set the notification repeat
 interval below it. A resolved or acknowledged incident is posted with ``endsAt`` = when that happened,
-and Alertmanager resolves the alert. Posting is idempotent, which is what the outbox's at-least-once
-delivery needs.
+and Alertmanager resolves the alert: the plugin declares that it wants ``acknowledged`` messages (see
+:mod:`watcher.notify.contract`), so ``specwatch ack`` and the desktop button queue one in the outbox, in
+the same transaction as the status change. Posting is idempotent, which is what the outbox's
+at-least-once delivery needs.
 
 URL: ``alertmanager://[user:password@]host[:port][/path-prefix][?ttl=21600&instance=NAME&verify=no]``
 (default port 9093; basic auth for an Alertmanager behind a proxy; ``instance`` overrides the host name).
@@ -30,7 +32,7 @@ from apprise.plugins import base as apprise_base
 
 from watcher.incidents import basename
 from watcher.metrics import source_label
-from watcher.notify.contract import current
+from watcher.notify.contract import DEFAULT_MESSAGES, current
 
 DEFAULT_PORT = 9093
 DEFAULT_TTL = 6 * 3600
@@ -101,7 +103,8 @@ def _end_time(it: dict[str, Any], status: str | None, now: float) -> float | Non
         return None
     if status == "resolved" or it.get("message") == "resolved" or it.get("status") == "resolved":
         return float(it.get("resolved_at") or now)
-    if status == "acknowledged" or it.get("status") == "acknowledged" or it.get("acked_at"):
+    if (status == "acknowledged" or it.get("message") == "acknowledged" or it.get("status") == "acknowledged"
+            or it.get("acked_at")):
         return float(it.get("acked_at") or now)
     return None
 
@@ -143,6 +146,8 @@ class NotifyAlertmanager(NotifyBase):  # type: ignore[misc]
     secure_protocol = "alertmanagers"
     setup_url = "https://github.com/prometheus/alertmanager"
     request_rate_per_sec = 0
+    #: An acknowledgement ends the firing alert (see watcher.notify.contract).
+    specwatch_messages = DEFAULT_MESSAGES | {"acknowledged"}
     templates = (
         "{schema}://{host}",
         "{schema}://{host}:{port}",

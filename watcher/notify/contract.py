@@ -14,7 +14,7 @@ thread or in its thread pool through ``contextvars.copy_context().run``, so a pl
         if d is None:            # called outside specwatch (apprise CLI): plain title/body only
             ...
         for item in d.items:     # one per incident in this (possibly grouped) message
-            item["message"]      # "opened" | "repeat" | "resolved" | "test"
+            item["message"]      # "opened" | "repeat" | "resolved" | "acknowledged" | "test"
             item["id"], item["kind"], item["severity"], item["status"], item["title"], item["hint"],
             item["host"], item["source"], item["slots"], item["evidence"] (list of {"line", "text"}),
             item["count"], item["first_seen"], item["last_seen"] (Unix seconds), item["generation"]
@@ -26,6 +26,18 @@ lines, never prompt or completion text) and ``title``/``body`` are already redac
 must apply ``d.redact`` to anything else it emits (errors, logs). A plugin must be idempotent per
 ``(d.target_id, item["id"], item["generation"], item["message"])``: the outbox delivers at least once across a
 crash (the window is between the target's reply and the commit that marks the row sent).
+
+Which messages a target gets is the plugin's declaration, the same for every target: an apprise plugin class
+may set ``specwatch_messages`` (a frozenset of message kinds); without it (every third-party apprise plugin)
+a target gets :data:`DEFAULT_MESSAGES`, i.e. a person hears that an incident opened, is still open, and
+resolved, but not that a colleague acknowledged it (noise in a channel). A plugin that keeps state on the
+other side, such as Alertmanager's firing alert, adds ``"acknowledged"`` so an acknowledgement can end it::
+
+    class NotifyMine(NotifyBase):
+        specwatch_messages = DEFAULT_MESSAGES | {"acknowledged"}
+
+Resolved and acknowledged messages only go to targets that were sent (or are still to be sent) the
+``opened`` message of the same generation, and follow the severity filter as that one did.
 """
 
 from __future__ import annotations
@@ -34,6 +46,37 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+#: What a target receives when its plugin declares nothing.
+DEFAULT_MESSAGES = frozenset({"opened", "repeat", "resolved"})
+#: Every kind of message the outbox holds.
+MESSAGES = frozenset({"opened", "repeat", "resolved", "acknowledged"})
+
+
+def load_plugins() -> None:
+    """Register specwatch's own apprise schemes (``specwatch://``, ``alertmanager[s]://``); idempotent."""
+    from watcher.notify import alertmanager, desktop  # noqa: F401 - importing registers them
+
+
+def messages_for(url: str) -> frozenset[str]:
+    """The message kinds the plugin behind ``url`` (an apprise URL, masked or not) declares it wants."""
+    from apprise import manager_plugins
+
+    load_plugins()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    manager: Any = manager_plugins.NotificationManager
+    plugins: Any = manager()
+    try:
+        plugin = plugins[scheme] if scheme and scheme in plugins else None
+    except KeyError:
+        plugin = None
+    declared = getattr(plugin, "specwatch_messages", None)
+    return frozenset(declared) & MESSAGES if declared is not None else DEFAULT_MESSAGES
+
+
+def wants(url: str, message: str) -> bool:
+    """Whether the target at ``url`` is to be sent ``message`` (opened/repeat/resolved/acknowledged) messages."""
+    return message in messages_for(url)
 
 
 def _no_ack(keys: Sequence[str], note: str) -> list[str]:  # noqa: ARG001 - same signature as the real one
@@ -58,7 +101,7 @@ class Delivery:
 
     @property
     def kind(self) -> str:
-        """``opened``, ``repeat``, ``resolved`` or ``test`` when all items agree, else ``mixed``."""
+        """``opened``, ``repeat``, ``resolved``, ``acknowledged`` or ``test`` when all items agree, else ``mixed``."""
         kinds = {str(i.get("message")) for i in self.items}
         return kinds.pop() if len(kinds) == 1 else ("test" if not kinds else "mixed")
 

@@ -23,7 +23,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e]")
 #: Verbose llama.cpp logs print request and prompt content; such lines never leave the machine.
 _CONTENT = re.compile(r'(?i)("(prompt|content|messages|text|input)"\s*:|\bprompt\s*[:=]\s*["\']|<\|im_start\|>)')
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-_PREFIX = {"opened": "", "repeat": "Still open: ", "resolved": "Resolved: ", "test": ""}
+_PREFIX = {"opened": "", "repeat": "Still open: ", "resolved": "Resolved: ", "acknowledged": "Acknowledged: ",
+           "test": ""}
+#: Messages that say an incident needs nobody any more: no hint, no ``specwatch ack`` line.
+_ENDED = ("resolved", "acknowledged")
 
 
 def clean(text: str, limit: int) -> str:
@@ -49,9 +52,9 @@ def render(items: Sequence[dict[str, Any]], redact: Callable[[str], str],
         body = _block(it, clock)
     else:
         hosts = sorted({str(i.get("host", "")) for i in items})
-        opened = sum(1 for i in items if i["message"] != "resolved")
-        resolved = len(items) - opened
-        parts = [f"{opened} open" if opened else "", f"{resolved} resolved" if resolved else ""]
+        counts = {k: sum(1 for i in items if (i["message"] if i["message"] in _ENDED else "open") == k)
+                  for k in ("open", *_ENDED)}
+        parts = [f"{n} {k}" for k, n in counts.items() if n]
         title = f"specwatch: {', '.join(p for p in parts if p)} speculative-decoding incidents on {', '.join(hosts)}"
         body = "\n\n".join(f"{_PREFIX.get(str(i['message']), '') or '• '}{i['title']}\n{_block(i, clock)}"
                            for i in items)
@@ -60,16 +63,19 @@ def render(items: Sequence[dict[str, Any]], redact: Callable[[str], str],
 
 def _block(it: dict[str, Any], clock: Callable[[], float]) -> str:
     lines = []
-    if it["message"] != "resolved" and it.get("hint"):
+    if it["message"] not in _ENDED and it.get("hint"):
         lines.append(clean(str(it["hint"]), LINE_MAX * 2))
     if it["message"] == "resolved" and it.get("resolution"):
         lines.append(clean(f"Resolved: {it['resolution']}", LINE_MAX))
+    if it["message"] == "acknowledged":
+        note = f": {it['ack_note']}" if it.get("ack_note") else ""
+        lines.append(clean(f"Acknowledged{note}", LINE_MAX))
     where = f"host {it.get('host', '?')}, source {it.get('source', '?')}"
     if it.get("slots"):
         where += f", slots {slot_list(list(it['slots']))}"
     lines.append(clean(where, LINE_MAX))
     seen = f"seen {it.get('count', 1)}x since {_ago(float(it.get('opened_at') or it.get('first_seen') or 0), clock)}"
-    if it["message"] != "resolved":
+    if it["message"] not in _ENDED:
         seen += f"; acknowledge: specwatch ack {str(it['id'])[:8]}"
     lines.append(seen)
     evidence = [e for e in it.get("evidence", []) if not _CONTENT.search(str(e.get("text", "")))]

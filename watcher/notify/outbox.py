@@ -14,10 +14,11 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from watcher import db
-from watcher.store import Store
+from watcher.notify import contract
+from watcher.store import Store, StoredIncident
 
 COMPONENT = "outbox"
 MIGRATIONS = [
@@ -43,7 +44,42 @@ MIGRATIONS = [
     );
     CREATE INDEX outbox_due ON outbox (state, target, due);
     """,
+    # SQLite cannot change a CHECK constraint in place: rebuild the table with the 'acknowledged' kind.
+    """
+    CREATE TABLE outbox_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        label TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('opened', 'repeat', 'resolved', 'acknowledged')),
+        seq INTEGER NOT NULL DEFAULT 0,
+        severity TEXT NOT NULL,
+        created REAL NOT NULL,
+        due REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'cancelled')),
+        lease_owner TEXT,
+        lease_until REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        sent_at REAL,
+        UNIQUE (target, incident, generation, kind, seq)
+    );
+    INSERT INTO outbox_v2 SELECT * FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox (state, target, due);
+    """,
 ]
+
+
+@dataclass
+class Acknowledged:
+    """What :meth:`Outbox.acknowledge` did."""
+
+    keys: list[str] = field(default_factory=list)
+    #: Outbox rows queued to end the alert: (row id, target id, label).
+    rows: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +144,35 @@ class Outbox:
                 added += cur.rowcount
         return added
 
+    def acknowledge(self, keys: list[str] | None, note: str, now: float) -> Acknowledged:
+        """Acknowledge incidents (None: every open one), stop their repeats and queue their ``acknowledged``
+        messages, all in one transaction, so an acknowledgement never loses the message that ends its alert.
+
+        The message goes to each target that was sent (or is still to be sent) this generation's ``opened``
+        message and whose plugin wants acknowledgements; the outbox knows those targets by their rows, so the
+        process acknowledging needs no configuration of its own.
+        """
+        contract.load_plugins()  # not inside the write transaction: the first import takes a while
+        out = Acknowledged()
+
+        def then(c: sqlite3.Connection, inc: StoredIncident) -> None:
+            c.execute("UPDATE outbox SET state = 'cancelled' WHERE incident = ? AND kind = 'repeat' "
+                      "AND state = 'pending'", (inc.key,))
+            announced = c.execute("SELECT DISTINCT target, label FROM outbox WHERE incident = ? AND generation = ? "
+                                  "AND kind = 'opened' AND state != 'cancelled' ORDER BY id",
+                                  (inc.key, inc.generation)).fetchall()
+            for target, label in announced:
+                if not contract.wants(label, "acknowledged"):
+                    continue
+                cur = c.execute("INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, "
+                                "severity, created, due) VALUES (?, ?, ?, ?, 'acknowledged', 0, ?, ?, ?)",
+                                (target, label, inc.key, inc.generation, inc.severity, now, now))
+                if cur.rowcount and cur.lastrowid is not None:
+                    out.rows.append((cur.lastrowid, target, label))
+
+        out.keys = self.store.acknowledge(keys, note, now, then)
+        return out
+
     def cancel_repeats(self, incident: str) -> int:
         """An acknowledged or resolved incident stops repeating."""
         with self.store.transaction() as c:
@@ -144,16 +209,20 @@ class Outbox:
                             (target, label, inc.key, inc.generation, seq, inc.severity, now, now)).rowcount
         return added
 
-    def claim(self, targets: Sequence[str], owner: str, now: float, lease: float) -> list[Row]:
-        """Take every due row of ``targets`` (and rows whose sender died) for ``lease`` seconds."""
-        if not targets:
+    def claim(self, targets: Sequence[str], owner: str, now: float, lease: float,
+              only: Sequence[int] | None = None) -> list[Row]:
+        """Take every due row of ``targets`` (and rows whose sender died) for ``lease`` seconds;
+        ``only`` limits it to those row ids."""
+        if not targets or (only is not None and not only):
             return []
         marks = ",".join("?" * len(targets))
+        ids = tuple(int(i) for i in only or ())
+        among = f" AND id IN ({','.join('?' * len(ids))})" if only is not None else ""
         with self.store.transaction() as c:
             rows = c.execute(
                 f"SELECT id, target, incident, generation, kind, seq, attempts, state, lease_owner, lease_until "  # noqa: S608
-                f"FROM outbox WHERE target IN ({marks}) AND ((state = 'pending' AND due <= ?) OR state = 'sending') "
-                f"ORDER BY id", (*targets, now)).fetchall()
+                f"FROM outbox WHERE target IN ({marks}){among} AND ((state = 'pending' AND due <= ?) "
+                f"OR state = 'sending') ORDER BY id", (*targets, *ids, now)).fetchall()
             taken = []
             for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, lease_until in rows:
                 if state == "sending" and lease_owner != owner and (lease_until or 0) > now and _alive(lease_owner):

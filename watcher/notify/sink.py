@@ -23,6 +23,7 @@ from watcher import paths
 from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
 from watcher.environment import Environment
 from watcher.incidents import Incident
+from watcher.notify import contract
 from watcher.notify import targets as tg
 from watcher.notify.outbox import Outbox
 from watcher.notify.worker import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, Settings, Worker
@@ -76,15 +77,15 @@ class StoreSink:
         what, row = store.record(inc, change, now)
         if row is None:
             return
-        want = [(t.id, t.label) for t in self.targets if t.accepts(row.severity)]
-        if what in ("opened", "reopened") and want:
-            outbox.enqueue(want, row.key, row.generation, "opened", row.severity, now)
-        elif what == "resolved":
-            outbox.cancel_repeats(row.key)
-            if want:
-                outbox.enqueue(want, row.key, row.generation, "resolved", row.severity, now, need_announced=True)
-        else:
+        kind = "opened" if what in ("opened", "reopened") else "resolved" if what == "resolved" else ""
+        if not kind:
             return
+        # The severity filter and the plugin's declared messages decide, for every kind alike.
+        want = [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and contract.wants(t.url, kind)]
+        if kind == "resolved":
+            outbox.cancel_repeats(row.key)
+        if want:
+            outbox.enqueue(want, row.key, row.generation, kind, row.severity, now, need_announced=kind == "resolved")
         if self.worker is not None:
             self.worker.wake()
 

@@ -4,6 +4,10 @@ It owns its own database connection (SQLite connections are not shared across th
 rows for the targets this process knows, groups the rows of one target that are due together into one
 message, and sets :data:`watcher.notify.contract.CURRENT` around ``Apprise.notify`` so first-party plugins
 see the incidents. It also queues repeats of open, unacknowledged incidents every ``repeat`` seconds.
+
+Rows queued by another process (``specwatch ack``, a second watcher) wake it too: it polls SQLite's
+``PRAGMA data_version`` (changes committed by other connections) every ``poll`` seconds, which costs one
+read of the WAL index, so an acknowledgement ends an Alertmanager alert within about a second.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watcher.notify import message
+from watcher.notify import contract, message
 from watcher.notify.contract import CURRENT, Delivery
 from watcher.notify.outbox import Outbox, Row, owner_id
 from watcher.notify.redact import Redactor
@@ -30,6 +34,8 @@ DEFAULT_BACKOFF_MAX = 300.0
 DEFAULT_LEASE = 120.0
 #: Rows that become due within this window of each other go out as one message.
 GROUP_WINDOW = 0.3
+#: How often an idle worker looks for rows other processes queued.
+POLL = 1.0
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Settings:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     lease: float = DEFAULT_LEASE
     group_window: float = GROUP_WINDOW
+    poll: float = POLL
 
 
 @dataclass
@@ -57,13 +64,13 @@ def send(target: Target, title: str, body: str, delivery: Delivery, redact: Call
     """One apprise notify call to one target; the error is apprise's own message, redacted."""
     import apprise
 
-    from watcher.notify import desktop  # noqa: F401 - registers the first-party schemes with apprise
-
+    contract.load_plugins()
     ap = apprise.Apprise()
     if not ap.add(target.url):
         return Result(target, False, redact(f"apprise cannot use this URL (unknown scheme or bad syntax): "
                                             f"{target.url}"))
-    ntype = apprise.NotifyType.SUCCESS if delivery.kind == "resolved" else (
+    ntype = apprise.NotifyType.SUCCESS if delivery.kind == "resolved" else apprise.NotifyType.INFO \
+        if delivery.kind == "acknowledged" else (
         apprise.NotifyType.FAILURE if delivery.severity == "critical" else apprise.NotifyType.WARNING)
     token = CURRENT.set(delivery)
     try:
@@ -102,25 +109,29 @@ class Worker:
         return self._store, Outbox(self._store)
 
     def acknowledge(self, keys: Sequence[str], note: str) -> list[str]:
-        """Acknowledge incidents (from a desktop button): its own connection, any thread."""
+        """Acknowledge incidents (from a desktop button): its own connection, any thread; the messages that
+        end their alerts are queued in the same transaction and this worker is woken to send them."""
         store = Store.open(self.db_path)
         try:
-            done = store.acknowledge(list(keys), note, self.clock())
-            ob = Outbox(store)
-            for k in done:
-                ob.cancel_repeats(k)
-            return done
+            done = Outbox(store).acknowledge(list(keys), note, self.clock())
         finally:
             store.close()
+        if done.rows:
+            self.wake()
+        return done.keys
 
-    def run_once(self) -> list[Result]:
-        """Queue due repeats, then claim and deliver every due row once; returns one result per message."""
+    def run_once(self, only: Sequence[int] | None = None) -> list[Result]:
+        """Queue due repeats, then claim and deliver every due row once; returns one result per message.
+
+        ``only``: deliver just these rows (``specwatch ack`` sends what it queued, nothing else, no repeats).
+        """
         store, ob = self._db()
         now = self.clock()
-        filters = [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
-                   for t in self.targets]
-        ob.schedule_repeats(filters, self.settings.repeat, now)
-        rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease)
+        if only is None:
+            filters = [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
+                       for t in self.targets if contract.wants(t.url, "repeat")]
+            ob.schedule_repeats(filters, self.settings.repeat, now)
+        rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease, only)
         results = []
         for target_id in dict.fromkeys(r.target for r in rows):
             mine = [r for r in rows if r.target == target_id]
@@ -155,6 +166,11 @@ class Worker:
         _, ob = self._db()
         return len(ob.pending(list(self.by_id)))
 
+    def _data_version(self) -> int:
+        """Changes other connections committed, as a counter (cheap: no table is read)."""
+        store, _ = self._db()
+        return int(store.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def wake(self) -> None:
         """New rows were queued."""
         self._wake.set()
@@ -166,7 +182,10 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            seen: int | None = None
             try:
+                # Read before looking at the rows, so a commit made while run_once runs still wakes us.
+                seen = self._data_version()
                 self.run_once()
                 _, ob = self._db()
                 nxt = ob.next_due(list(self.by_id))
@@ -176,10 +195,27 @@ class Worker:
             wait = 30.0 if nxt is None else max(0.05, min(30.0, nxt - self.clock()))
             if self.settings.repeat > 0:
                 wait = min(wait, max(1.0, self.settings.repeat / 4))
-            if self._wake.wait(wait):
-                self._wake.clear()
+            if self._sleep(wait, seen):
                 # Let the rest of a burst arrive, so it goes out as one message.
                 self._stop.wait(self.settings.group_window)
+
+    def _sleep(self, wait: float, seen: int | None) -> bool:
+        """Wait up to ``wait`` seconds; True when woken early, by ``wake`` or by a commit of another
+        connection since ``seen`` (rows queued by ``specwatch ack`` or another process)."""
+        deadline = time.monotonic() + wait
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(left, self.settings.poll) if self.settings.poll > 0 else left):
+                self._wake.clear()
+                return True
+            try:
+                if seen is not None and self._data_version() != seen:
+                    return True
+            except Exception:  # noqa: BLE001, S112 - a locked database: look again at the next poll
+                continue
+        return False
 
     def stop(self, drain: float = 0.0) -> None:
         """Stop the thread, first giving pending deliveries up to ``drain`` seconds (they stay queued after)."""
