@@ -224,3 +224,29 @@ def test_a_stuck_analysis_does_not_stop_the_copy_of_a_file(monkeypatch) -> None:
     release.set()
     side.close(timeout=30)
     assert sum(map(len, analyzer.fed)) + side.skipped == 20 * 1025
+
+
+class TestClosedStreams:
+    def _sh(self, redirect: str) -> subprocess.CompletedProcess[bytes]:
+        cmd = f'"{sys.executable}" -m watcher {redirect}'
+        return subprocess.run(["sh", "-c", cmd], input=SEED.read_bytes(), env=ENV, capture_output=True,
+                              timeout=60, check=False)
+
+    def test_closed_stdout(self) -> None:
+        """With stdout closed by the shell (>&-), the input is still read and analysed, and the exit is 0."""
+        r = self._sh(">&-")
+        assert r.returncode == 0, r.stderr[-500:]
+        assert b"SPECWATCH CRITICAL" in r.stderr
+
+    def test_closed_stderr(self) -> None:
+        """With stderr closed (2>&-), alerts are dropped silently and the bytes still pass through."""
+        r = self._sh("2>&-")
+        assert r.returncode == 0
+        assert r.stdout == SEED.read_bytes()
+
+    def test_stderr_into_a_reader_that_left(self) -> None:
+        """specwatch 2>&1 | head -1: the broken stderr ends neither the copy nor the exit status."""
+        cmd = f'"{sys.executable}" -m watcher 2>&1 | head -c 10 >/dev/null; echo "status=${{PIPESTATUS[0]}}"'
+        r = subprocess.run(["bash", "-c", cmd], input=SEED.read_bytes() * 50,
+                           env=ENV, capture_output=True, timeout=60, check=False)
+        assert b"status=0" in r.stdout, r.stdout + r.stderr

@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, TextIO
+from pathlib import Path
+from typing import BinaryIO, TextIO, cast
+
+
+class QuietText(io.TextIOBase):
+    """specwatch's own stderr: a write that fails (closed, broken pipe) is dropped, never raised.
+
+    Alerts and summaries are extras beside the server's output; ``specwatch 2>&1 | head`` or a closed
+    stderr must not turn them into a crash or a non-zero exit.
+    """
+
+    def __init__(self, inner: TextIO) -> None:
+        super().__init__()
+        self.inner = inner
+        self.broken = False
+
+    def write(self, s: str) -> int:
+        """Write and flush ``s``; after the first failure, drop everything."""
+        if not self.broken:
+            try:
+                self.inner.write(s)
+                self.inner.flush()
+            except (OSError, ValueError):
+                self.broken = True
+        return len(s)
+
+    def flush(self) -> None:
+        """Already flushed by every write."""
+
+    def isatty(self) -> bool:
+        """Whether the real stream is a terminal."""
+        try:
+            return not self.broken and self.inner.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        """The real stream's descriptor (for a child process to inherit)."""
+        return self.inner.fileno()
+
+
+def _devnull(mode: str) -> TextIO:
+    # A stream the shell closed (``>&-``): Python gives None; use /dev/null so nothing else lands on that fd.
+    return cast(TextIO, Path(os.devnull).open(mode))
 
 
 @dataclass
@@ -29,13 +73,16 @@ class Environment:
     @classmethod
     def from_process(cls) -> Environment:
         """The real environment of this process."""
+        stdin = sys.stdin.buffer if sys.stdin is not None else cast(BinaryIO, _devnull("rb"))
+        stdout = sys.stdout.buffer if sys.stdout is not None else cast(BinaryIO, _devnull("wb"))
+        stderr = QuietText(sys.stderr if sys.stderr is not None else _devnull("w"))
         return cls(
-            stdin=sys.stdin.buffer,
-            stdout=sys.stdout.buffer,
-            stderr=sys.stderr,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=cast(TextIO, stderr),
             environ=os.environ,
-            stdin_isatty=sys.stdin.isatty(),
-            stderr_isatty=sys.stderr.isatty(),
+            stdin_isatty=stdin.isatty(),
+            stderr_isatty=stderr.isatty(),
         )
 
     @property
