@@ -42,8 +42,10 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
         row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
         current = row[0] if row else 0
         if current > len(migrations):
-            raise RuntimeError(  # noqa: TRY301 - rolled back by the handler below, then re-raisedf"database {component} schema v{current} is newer than this specwatch "
-                               f"(v{len(migrations)}); upgrade specwatch")
+            # Rolled back by the handler below, then re-raised.
+            raise RuntimeError(  # noqa: TRY301
+                f"database {component} schema v{current} is newer than this specwatch (v{len(migrations)}); "
+                "upgrade specwatch")
         for version in range(current, len(migrations)):
             for statement in _statements(migrations[version]):
                 conn.execute(statement)
