@@ -261,3 +261,99 @@ def test_unmeasured_draft_is_not_blamed_for_a_missing_file(cat: Catalogue) -> No
     inc = only(a)
     assert inc.kind == "draft_load_failed"
     assert 1 not in [e.lineno for e in inc.evidence]
+
+
+DRAFT_FAIL_CHAIN = (
+    "common_speculative_init_result: loading draft model 'Qwen3.8-27B-DFlash2-Q4_K_M.gguf'",
+    "llama_model_load: error loading model: invalid vector subscript",
+    "common_speculative_init_result: failed to load draft model",
+    "srv    load_model: failed to load draft model",
+)
+
+
+def test_draft_load_failure_reported_up_the_call_chain_is_one_attempt(cat: Catalogue) -> None:
+    """The speculative init's and the server's 'failed to load draft model' lines make one incident, one attempt."""
+    inc = only(feed(cat, *DRAFT_FAIL_CHAIN))
+    assert inc.kind == "draft_load_failed"
+    assert inc.attempts == 1
+    assert [e.lineno for e in inc.evidence if e.lineno in (3, 4)] == [3, 4]
+
+
+def test_index_error_while_loading_a_draft_is_not_called_a_bad_file(cat: Catalogue) -> None:
+    """'invalid vector subscript' / '_M_range_check' is llama.cpp's placement bug, not a corrupt GGUF."""
+    inc = only(feed(cat, *DRAFT_FAIL_CHAIN))
+    assert "not a file error" in inc.reason
+    assert "Re-download" not in inc.hint and "-ngld" in inc.hint
+    gnu = only(feed(cat, "E llama_model_load: error loading model: vector::_M_range_check: __n (which is 1) >= "
+                         "this->size() (which is 1)",
+                    "E srv    load_model: failed to load draft model, '/m/Llama-3.2-1B-Instruct-Q8_0.gguf'"))
+    assert "not a file error" in gnu.reason
+    corrupt = only(feed(cat, LOAD_DRAFT, "llama_model_load: error loading model: tensor 'blk.0.attn_q.weight' data "
+                                         "is not within the file bounds, model is corrupted or incomplete",
+                        "srv    load_model: failed to load draft model, '/models/qwen3-0.6b-q8_0.gguf'"))
+    assert corrupt.reason == "file is not a valid GGUF"
+
+
+def test_old_context_constructor_failures_are_the_targets_oom(cat: Catalogue) -> None:
+    """Before b4881 'llama_new_context_with_model: failed to allocate compute buffers' (or the KV cache's 'failed
+    for self-attention cache') is the context failure itself, even when a binding raises instead of logging more."""
+    inc = only(feed(cat,
+                    "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 144.00 MiB on device 4: cudaMalloc "
+                    "failed: out of memory",
+                    "ggml_gallocr_reserve_n: failed to allocate CUDA4 buffer of size 150995968",
+                    "llama_new_context_with_model: failed to allocate compute buffers",
+                    "Traceback (most recent call last):"))
+    assert (inc.kind, inc.device, inc.mib) == ("main_model_oom", "CUDA4", 144.0)
+    kv = only(feed(cat, "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 17179869216",
+                   "llama_kv_cache_init: failed to allocate buffer for kv cache",
+                   "llama_new_context_with_model: llama_kv_cache_init() failed for self-attention cache"))
+    assert (kv.kind, kv.device) == ("main_model_oom", "CPU")
+
+
+def test_old_draft_context_compute_failure_is_the_drafts(cat: Catalogue) -> None:
+    """The same old constructor line while the draft loads is a draft context failure, not the target's."""
+    a = feed(cat, LOAD_TARGET, LOAD_DRAFT,
+             "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 826.00 MiB on device 0: cudaMalloc failed: out "
+             "of memory",
+             "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 866125824",
+             "llama_new_context_with_model: failed to allocate compute buffers",
+             "common_init_from_params: failed to create context with model '/models/qwen3-0.6b-q8_0.gguf'")
+    assert kinds(a) == ["draft_context_failed"]
+    inc = a.incidents()[0]
+    assert (inc.device, inc.mib) == ("CUDA0", 826.0)
+
+
+def test_no_draft_context_refused_for_configuration_is_not_an_oom(cat: Catalogue) -> None:
+    """A target context refused for a setting (V cache quantisation without flash attention) raises nothing."""
+    a = feed(cat, "0.10.692.115 E llama_init_from_model: V cache quantization requires flash_attn",
+             "0.10.692.118 E cmn  common_init_: failed to create context with model '/g/DeepSeek-V4-Flash.gguf'",
+             "0.10.692.156 Segmentation fault (core dumped)")
+    assert kinds(a) == []
+
+
+def test_unnamed_context_failure_followed_by_the_draft_line_is_the_drafts(cat: Catalogue) -> None:
+    """An excerpt without the draft load line: libllama's nameless context failure first reads as the target's,
+    and the caller's 'failed to create draft context' right after corrects it (ik_llama.cpp issue 2366)."""
+    a = feed(cat, "main: build = 4857 (850320be8)",
+             "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1412.77 MiB on device 0: cudaMalloc failed: out "
+             "of memory",
+             "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1481392128",
+             "llama_init_from_model: failed to allocate compute buffers",
+             "failed to create draft context")
+    assert kinds(a) == ["draft_context_failed"]
+    draft = next(i for i in a.incidents() if i.kind == "draft_context_failed")
+    assert (draft.device, draft.mib) == ("CUDA0", 1412.77)
+    assert [e.lineno for e in draft.evidence] == [2, 4, 5]
+    main = next(i for i in a.incidents() if i.kind == "main_model_oom")
+    assert main.status == "resolved" and "draft's" in main.resolution
+
+
+def test_target_context_failure_named_by_the_caller_stays_the_targets(cat: Catalogue) -> None:
+    """When the caller names the target's model after the nameless line, no later draft line can take it over."""
+    a = feed(cat, "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2048.00 MiB on device 0: cudaMalloc "
+                  "failed: out of memory",
+             "alloc_tensor_range: failed to allocate ROCm0 buffer of size 2147483648",
+             "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",
+             "common_init_result: failed to create context with model '/m/Qwen3.5-27B-Q4_K_M.gguf'",
+             "failed to create draft context")
+    assert "main_model_oom" in kinds(a)

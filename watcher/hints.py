@@ -63,6 +63,11 @@ def for_incident(inc: Incident, run: Run) -> str:
                 return _draft_memory(inc, run)
             if "not found" in inc.reason:
                 return "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio)."
+            if "index error" in inc.reason:
+                return ("The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an "
+                        "index check while placing the draft's layers on the devices, seen with little free VRAM "
+                        "left or an unusual tensor split. Try fewer draft GPU layers (-ngld), another device for the "
+                        "draft (-devd), a smaller target context (-c), or a newer llama.cpp.")
             if "GGUF" in inc.reason:
                 return "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build."
             return "Read the evidence lines: the draft model did not load."

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from watcher import hints
 from watcher.events import Event
-from watcher.incidents import Incident, basename
+from watcher.incidents import Evidence, Incident, basename
 from watcher.ledger import Failure, Ledger, device_name
 
 #: Events that happen once per slot while a server initialises; seeing one again for the same
@@ -423,8 +423,11 @@ class Stream:
 
     # -- handlers: failures ---------------------------------------------------------------------
     def _on_draft_context_failed(self, run: Run, ev: Event) -> None:
+        moved = self._reassign_unnamed_ctx_failure(run, ev)
         kind = "draft_context_failed"
         inc = self._incident(run, kind, ev, reason=ev.get("reason") or "failed to create draft context")
+        for e in moved:
+            inc.add_evidence(e.lineno, e.text)
         self._attach_errors(run, inc)
 
     def _on_mtp_ctx_failed(self, run: Run, ev: Event) -> None:
@@ -432,6 +435,23 @@ class Stream:
             self._mtp_without_layers(run, ev)
         else:
             self._on_draft_context_failed(run, ev)
+
+    def _reassign_unnamed_ctx_failure(self, run: Run, ev: Event) -> list[Evidence]:
+        """libllama's context failure names no model; when the caller's next line says it was the draft's (and
+        the log showed no draft load before it), the target incident it opened was the draft's failure."""
+        main = run.incidents.get("main_model_oom")
+        ln = ev.record.lineno
+        if main is None or main.status != "open" or not main.extra.get("unnamed_context") \
+                or not ln_close(main.last_line, ln):
+            return []
+        main.status = "resolved"
+        main.resolved_line = ln
+        main.resolution = f"the context that failed was the draft's (line {ln})"
+        for f in run.ledger.failures:
+            if f.role == "target" and ln_close(f.lineno, ln):
+                f.role = "draft"
+        self._changed(main)
+        return list(main.evidence)
 
     def _mtp_without_layers(self, run: Run, ev: Event) -> None:
         target = basename(run.target_model) or "the target model"
@@ -468,6 +488,12 @@ class Stream:
 
     def _on_draft_load_failed(self, run: Run, ev: Event) -> None:
         run.draft_model = run.draft_model or ev.get("model")
+        inc = run.incidents.get("draft_load_failed")
+        if inc is not None and ln_close(inc.last_line, ev.record.lineno):
+            # The same failure reported again up the call chain (speculative init, then the server's load_model).
+            inc.add_evidence(ev.record.lineno, ev.record.text)
+            self._changed(inc)
+            return
         inc = self._incident(run, "draft_load_failed", ev, reason=_load_reason(run))
         self._attach_errors(run, inc)
 
@@ -510,6 +536,10 @@ class Stream:
             self._on_draft_context_failed(run, ev)
         elif any(f.role == "target" for f in run.ledger.failures):
             inc = self._incident(run, "main_model_oom", ev, reason="target context did not fit")
+            if not named and inc.attempts == 1:
+                inc.extra["unnamed_context"] = True
+            elif named:
+                inc.extra.pop("unnamed_context", None)
             self._attach_errors(run, inc, role="target")
 
     def _on_spec_init_failed(self, run: Run, ev: Event) -> None:
@@ -824,12 +854,20 @@ def ln_close(a: int, b: int) -> bool:
     return abs(a - b) <= 6
 
 
+#: How MSVC's and libstdc++'s std::vector index checks read in "error loading model: ..." lines.
+_INDEX_ERRORS = ("invalid vector subscript", "_m_range_check")
+INDEX_ERROR = "index error in llama.cpp's loader, not a file error"
+
+
 def _load_reason(run: Run) -> str:
     text = " ".join(e.record.text.lower() for e in run.recent_errors)
     if run.ledger.failures and run.ledger.failures[-1].role == "draft":
         return "out of memory"
     if "no such file" in text or "failed to open" in text or "not found" in text:
         return "file not found"
+    if any(w in text for w in _INDEX_ERRORS):
+        # A C++ container index check failed inside llama.cpp's loader (the same file loads on its own).
+        return INDEX_ERROR
     if "magic" in text or "invalid" in text or "corrupt" in text or "tensor" in text or "gguf" in text:
         return "file is not a valid GGUF"
     return "see evidence"
