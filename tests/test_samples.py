@@ -34,6 +34,13 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "llamacpp-24758-gemma4-mtp-ctx-oom-silently-disabled":
         "a 5-line excerpt: nothing between the fit probe line and the allocation failure says whose context "
         "failed (a full log has the draft/MTP load line before it), so it reads as the target's",
+    "lmstudio-441-draft-load-invalid-vector-2025":
+        "a model load failure with no 'loading draft model' line before it: that the failing 0.5B model is the "
+        "draft is known from the report, not from the log; no kind says 'some model failed to load'",
+    "ollama-11733-metal-2025-gallocr-no-draft":
+        "two lines of ollama's summary: the Metal compute-buffer failure is there but no llama.cpp context or "
+        "load failure follows it, and an allocation failure alone can be retried by llama.cpp (pipeline "
+        "parallelism, fitting), so it is not called the target's out of memory",
 }
 
 
