@@ -20,6 +20,11 @@ MAX_LINE = 16 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 
 
+#: How many literals the crate's SIMD engine ("Teddy") takes in one searcher; beyond it the crate falls back
+#: to a general automaton about 3x slower, so larger sets are split into several SIMD passes instead.
+SIMD_LIMIT = 64
+
+
 class LineSelector:
     """Finds the lines of a chunk that contain at least one anchor literal."""
 
@@ -28,11 +33,22 @@ class LineSelector:
         # Leftmost-first is the match kind that lets the crate use its SIMD prefilter. It reports
         # non-overlapping matches, which is enough: a match never crosses a newline (no anchor holds
         # one), so a line holding any anchor holds at least one reported match.
-        self._ac = ahocorasick_rs.BytesAhoCorasick(self.anchors, matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_FIRST)
+        self._searchers = [
+            ahocorasick_rs.BytesAhoCorasick(self.anchors[i : i + SIMD_LIMIT],
+                                            matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_FIRST)
+            for i in range(0, len(self.anchors), SIMD_LIMIT)
+        ]
+
+    @property
+    def passes(self) -> int:
+        """Whole-chunk scans per chunk: one per SIMD_LIMIT anchors."""
+        return len(self._searchers)
 
     def hits(self, data: bytes | memoryview) -> list[int]:
         """Start offsets of anchor occurrences, ascending; every line holding an anchor has one."""
-        return [start for _, start, _ in self._ac.find_matches_as_indexes(data)]
+        if len(self._searchers) == 1:
+            return [start for _, start, _ in self._searchers[0].find_matches_as_indexes(data)]
+        return sorted(start for ac in self._searchers for _, start, _ in ac.find_matches_as_indexes(data))
 
 
 class Framer:
