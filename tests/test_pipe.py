@@ -250,3 +250,36 @@ class TestClosedStreams:
         r = subprocess.run(["bash", "-c", cmd], input=SEED.read_bytes() * 50,
                            env=ENV, capture_output=True, timeout=60, check=False)
         assert b"status=0" in r.stdout, r.stdout + r.stderr
+
+
+class TestFailingStreams:
+    NONBLOCK = ("import fcntl, os, sys\n"
+                "for fd in (0, 1):\n"
+                "    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'watcher'])\n")
+
+    def _bash(self, script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", script], env=ENV, capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    def test_full_disk_on_stdout_keeps_reading(self) -> None:
+        """stdout failing with ENOSPC is reported once; the input is still read to the end and upstream lives."""
+        r = self._bash(f'seq 1 300000 | "{sys.executable}" -m watcher > /dev/full; echo "status=${{PIPESTATUS[*]}}"')
+        assert "status=0 0" in r.stdout, r.stdout + r.stderr
+        assert r.stderr.count("stdout failed (No space left on device)") == 1
+
+    def test_non_blocking_stdin_and_stdout_lose_nothing(self) -> None:
+        """O_NONBLOCK set on both pipes (by a process sharing them) is waited on, not a crash: every byte arrives."""
+        r = self._bash(f'(sleep 0.5; seq 1 300000) | "{sys.executable}" -c "{self.NONBLOCK}" | (sleep 1; md5sum); '
+                       f'echo "status=${{PIPESTATUS[*]}}"; seq 1 300000 | md5sum')
+        lines = r.stdout.splitlines()
+        assert "status=0 0 0" in lines, r.stdout + r.stderr
+        assert lines[0] == lines[-1]
+
+
+def test_a_sink_that_cannot_start_still_passes_everything_through(tmp_path) -> None:
+    """An --events file that cannot be opened stops the watching, never the copy."""
+    r = cli("--events", str(tmp_path / "missing-dir" / "events.jsonl"), stdin=b"hello\n")
+    assert r.stdout == b"hello\n"
+    assert r.status == 2
+    assert "not watching" in r.stderr

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import queue
+import select
 import stat
 import threading
 import time
@@ -32,10 +33,16 @@ STALL = 5.0
 
 
 class Passthrough:
-    """Writes to the real stdout until it breaks, then silently discards."""
+    """Writes to the real stdout until it fails, then discards, so the copy (and the reading) goes on.
 
-    def __init__(self, out: BinaryIO) -> None:
+    A non-blocking stdout (another process sharing the pipe or terminal can set O_NONBLOCK) is waited
+    on, as a blocking one would be. Any other failure (the reader left, a full disk, an I/O error)
+    ends the output but never the reading: the server upstream must not get SIGPIPE because of us.
+    """
+
+    def __init__(self, out: BinaryIO, on_break: Callable[[OSError], None] | None = None) -> None:
         self.out = out
+        self.on_break = on_break
         self.broken = False
         try:
             self.fd: int | None = out.fileno()
@@ -43,7 +50,7 @@ class Passthrough:
             self.fd = None
 
     def write(self, data: bytes) -> None:
-        """Write all of ``data`` (handling short writes), or nothing once stdout is gone."""
+        """Write all of ``data`` (handling short writes), or nothing once stdout has failed."""
         if self.broken:
             return
         try:
@@ -53,20 +60,22 @@ class Passthrough:
                 return
             view = memoryview(data)
             while view:
-                n = os.write(self.fd, view)
+                try:
+                    n = os.write(self.fd, view)
+                except BlockingIOError:
+                    select.select([], [self.fd], [])
+                    continue
                 view = view[n:]
-        except BrokenPipeError:
-            self._break()
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.EBADF, errno.EINVAL):
-                self._break()
-            else:
-                raise
+        except (OSError, ValueError) as exc:
+            self._break(exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc)))
 
-    def _break(self) -> None:
+    def _break(self, exc: OSError) -> None:
         self.broken = True
+        if self.on_break is not None and exc.errno not in (errno.EPIPE, errno.EBADF):
+            # A reader that left (EPIPE) is normal (``| head``); anything else deserves a word.
+            self.on_break(exc)
         if self.fd is not None:
-            # Point fd 1 at /dev/null so nothing at interpreter exit tries the dead pipe again.
+            # Point the fd at /dev/null so nothing at interpreter exit tries the dead stream again.
             with contextlib.suppress(OSError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, self.fd)
@@ -94,6 +103,12 @@ def reader(stream: BinaryIO) -> Callable[[], bytes]:
                     return os.read(fd, CHUNK)
                 except InterruptedError:
                     continue
+                except BlockingIOError:
+                    # Someone made stdin non-blocking: wait for data as a blocking read would.
+                    select.select([fd], [], [])
+                except OSError:
+                    # stdin itself failed (EIO from a hung-up terminal...): that is the end of the input.
+                    return b""
         return read_fd
     read1 = getattr(stream, "read1", None)
     if read1 is not None:

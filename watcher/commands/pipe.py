@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from watcher import metrics, report
-from watcher.commands._common import build_context, dispatcher
+from watcher.commands._common import Context, build_context, dispatcher
+from watcher.dispatch import Dispatcher
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
@@ -14,7 +15,11 @@ from watcher.pipeline import Analyzer
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Copy stdin to stdout; analyse on the side; print a summary of open incidents at EOF."""
-    out = Passthrough(env.stdout)
+    def on_break(exc: OSError) -> None:
+        env.stderr.write(f"specwatch: stdout failed ({exc.strerror or exc}); discarding output, "
+                         "still reading and watching\n")
+
+    out = Passthrough(env.stdout, on_break)
     read = reader(env.stdin)
     try:
         ctx = build_context(args, env)
@@ -23,6 +28,24 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.stderr.write(f"specwatch: not watching: {exc}\n")
         pump(read, out, None)
         return ExitStatus.USAGE
+    try:
+        disp, analyzer, side = _start(args, ctx, env)
+    except Exception as exc:  # noqa: BLE001 - a sink or the analyzer failing to start must not stop the copy
+        env.stderr.write(f"specwatch: not watching: {exc!r}\n")
+        pump(read, out, None)
+        return ExitStatus.USAGE
+    pump(read, out, side, wait=is_regular_file(env.stdin))
+    side.close()
+    disp.close()
+    incidents = analyzer.incidents()
+    if not args.quiet_summary:
+        env.stderr.write(report.summary(incidents, env.colour))
+    if args.exit_status and any(i.status == "open" for i in incidents):
+        return ExitStatus.INCIDENTS
+    return ExitStatus.OK
+
+
+def _start(args: argparse.Namespace, ctx: Context, env: Environment) -> tuple[Dispatcher, Analyzer, SideAnalysis]:
     disp = dispatcher(ctx, env)
     analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
                         on_event=disp.event, on_incident=disp.changed)
@@ -37,16 +60,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     def on_error(exc: BaseException) -> None:
         env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); output is unaffected\n")
 
-    side = SideAnalysis(analyzer, disp.tick, on_skip, on_error)
-    pump(read, out, side, wait=is_regular_file(env.stdin))
-    side.close()
-    disp.close()
-    incidents = analyzer.incidents()
-    if not args.quiet_summary:
-        env.stderr.write(report.summary(incidents, env.colour))
-    if args.exit_status and any(i.status == "open" for i in incidents):
-        return ExitStatus.INCIDENTS
-    return ExitStatus.OK
+    return disp, analyzer, SideAnalysis(analyzer, disp.tick, on_skip, on_error)
 
 
 def add_pipe_options(p: argparse.ArgumentParser) -> None:
