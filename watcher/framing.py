@@ -64,22 +64,31 @@ class Framer:
         self.source = source
         self.max_line = max_line
         self.lines = 0  # complete lines consumed so far
-        self._pending = b""
-        self._skipping = False  # inside an over-long line, discarding until its end
-        self.truncated_lines = 0
+        self._pending = b""  # the unfinished CR piece of the unfinished line (its first max_line bytes)
+        self._skipping = False  # that piece is over-long: its bytes are discarded until CR or LF
+        self._open = False  # the unfinished line has had pieces emitted (it counts at EOF even if empty now)
 
     def feed(self, chunk: bytes) -> list[Record]:
         """Records for every line completed by ``chunk``; a partial last line waits for its end."""
         out: list[Record] = []
         pos = 0
+        if self._skipping:
+            nl = chunk.find(b"\n")
+            cr = chunk.find(b"\r", 0, nl if nl >= 0 else len(chunk))
+            if cr >= 0:
+                # The over-long piece ends at a CR: its head is analysed, and the line goes on after it.
+                out = self._records([self._pending], self.lines + 1, check=True)
+                self._pending, self._skipping, self._open = b"", False, True
+                return out + self.feed(chunk[cr + 1 :])
+            if nl < 0:
+                return []
         if self._pending or self._skipping:
             nl = chunk.find(b"\n")
             if nl < 0:
-                if not self._skipping:
-                    self._pending += chunk  # bounded: _check_overlong cuts it at max_line
+                self._pending += chunk  # bounded: _check_overlong cuts it at max_line
                 return self._check_overlong()
             line = self._pending if self._skipping else self._pending + chunk[:nl]
-            self._pending, self._skipping = b"", False
+            self._pending, self._skipping, self._open = b"", False, False
             out = self._emit(line + b"\n", 0, len(line) + 1, force=True)
             pos = nl + 1
         # The rest is analysed in place (offsets, no copy): chunks can be megabytes.
@@ -88,14 +97,14 @@ class Framer:
             self._pending = chunk[pos:]
         else:
             out += self._emit(chunk, pos, last + 1)
-            self._pending = chunk[last + 1 :]
+            self._pending, self._open = chunk[last + 1 :], False
         return out + self._check_overlong()
 
     def flush(self) -> list[Record]:
         """End of stream: the last line even without its newline."""
-        if not self._pending:
+        if not (self._pending or self._open):
             return []
-        data, self._pending, self._skipping = self._pending + b"\n", b"", False
+        data, self._pending, self._skipping, self._open = self._pending + b"\n", b"", False, False
         return self._emit(data, 0, len(data), force=True)
 
     def _check_overlong(self) -> list[Record]:
@@ -103,14 +112,14 @@ class Framer:
             return []
         # A stream that only ever uses CR (a progress display) would otherwise look like one
         # endless line: split it at its last CR instead.
-        cr = self._pending.rfind(b"\r", 0, len(self._pending))
+        cr = self._pending.rfind(b"\r")
         if cr >= 0:
             head, self._pending = self._pending[: cr + 1], self._pending[cr + 1 :]
             out = self._records(head.split(b"\r")[:-1], self.lines + 1, check=True)
+            self._open = True
             return out + self._check_overlong()
         self._pending = self._pending[: self.max_line]
         self._skipping = True
-        self.truncated_lines += 1
         return []
 
     def _emit(self, data: bytes, begin: int, end: int, force: bool = False) -> list[Record]:
@@ -128,17 +137,20 @@ class Framer:
             return out
         out = []
         # Newlines are counted once, piecewise between hits, so a chunk costs one counting pass.
-        newlines, counted_to, last_start = base, begin, -1
+        newlines, counted_to, line_end = base, begin, -1
         for hit in self.selector.hits(memoryview(data)[begin:end]):
             h = hit + begin
+            if h < line_end:
+                continue  # another hit on the line just taken: skipped without searching, or a line
+                # full of hits would cost a backward search per hit
             start = data.rfind(b"\n", begin, h) + 1 or begin
-            if start == last_start:
-                continue
-            last_start = start
+            line_end = data.find(b"\n", h)
             newlines += data.count(b"\n", counted_to, start)
             counted_to = start
-            pieces = data[start : data.find(b"\n", h)].split(b"\r")
-            out.extend(self._records(pieces, newlines + 1, check=len(pieces) > 1))
+            pieces = data[start:line_end].split(b"\r")
+            # A line cut at max_line is kept only if an anchor survives the cut, as when it spans chunks.
+            out.extend(self._records(pieces, newlines + 1,
+                                     check=len(pieces) > 1 or line_end - start > self.max_line))
         self.lines = newlines + data.count(b"\n", counted_to, end)
         return out
 
