@@ -247,3 +247,19 @@ def test_attribution_never_loses_or_duplicates_an_event(lines: list[str]) -> Non
     for st_ in s.streams:
         assert [r.ordinal for r in st_.runs] == list(range(1, len(st_.runs) + 1))
     assert {id(i) for i in a.incidents()} == {id(i) for r in inner for i in r.incidents.values()}
+
+
+def test_an_unnamed_model_never_inherits_a_merged_models_name() -> None:
+    """After many A/B swaps (old streams merged and freed), a failing model llama-swap has not named carries no name."""
+    import gc
+
+    a = Analyzer(CAT, source="swap.log")
+    working_port, failing_port = 44087, 46579
+    for i in range(30):
+        for model in ("A", "B"):
+            a.feed(("\n".join([*WORKING, health(model, working_port)]) + "\n").encode())
+        gc.collect()
+        a.feed(("\n".join(MISMATCH) + "\n").encode())
+        fresh = [inc for inc in a.incidents() if inc.status == "open" and inc.extra.get("swap_model") in ("A", "B")]
+        assert not fresh, f"swap {i}: an unnamed model's incident is tagged {fresh[0].extra['swap_model']}"
+        a.feed((health(f"C{i}", failing_port) + "\n").encode())

@@ -55,7 +55,8 @@ class SwapStream(Stream):
                  on_change: Callable[[Incident], None] | None = None) -> None:
         super().__init__(source, settings, on_change)
         self._forward = on_change
-        self._names: dict[int, str] = {}  # id(stream) -> llama-swap model id
+        # Keyed by the stream itself: an id() would be reused by a later stream once a merged one is freed.
+        self._names: dict[Stream, str] = {}
         #: The stream of lines before (or without) any llama-swap model: a plain server log lives here.
         self.default = self._new_stream()
         self.models: dict[str, Stream] = {}
@@ -100,7 +101,7 @@ class SwapStream(Stream):
 
     def model_of(self, stream: Stream) -> str | None:
         """The llama-swap model id a stream belongs to, if it is known."""
-        return self._names.get(id(stream))
+        return self._names.get(stream)
 
     # -- llama-swap's lines -----------------------------------------------------------------------
     def _swap_event(self, ev: Event) -> None:
@@ -182,8 +183,9 @@ class SwapStream(Stream):
                 if other.stream is earlier:
                     other.stream = sec.stream
             self.streams.remove(earlier)
+            del self._names[earlier]
         self.models[model] = sec.stream
-        self._names[id(sec.stream)] = model
+        self._names[sec.stream] = model
         for run in sec.stream.runs:
             run.source = _label(self.source, model)
             for inc in run.incidents.values():
@@ -215,7 +217,7 @@ class SwapStream(Stream):
 
     def _tagger(self, stream: Stream) -> Callable[[Incident], None]:
         def changed(inc: Incident) -> None:
-            model = self._names.get(id(stream))
+            model = self._names.get(stream)
             if model is not None:
                 inc.extra["swap_model"] = model
             if self._forward is not None:
@@ -231,7 +233,7 @@ class SwapStream(Stream):
             fresh.append(run)
         for run in reversed(fresh):
             self._mirrored.add(id(run))
-            model = self._names.get(id(stream))
+            model = self._names.get(stream)
             if model is not None:
                 run.source = _label(self.source, model)
             if stream is not self.default and run.first_line == 1 and lineno:
