@@ -169,16 +169,24 @@ def test_step_lines_feed_slot_acceptance(cat: Catalogue) -> None:
     assert r.speculation == "on"
 
 
-def test_summary_line_replaces_the_step_counts(cat: Catalogue) -> None:
-    """Steps and the task's 'draft acceptance' summary count the same tokens: the summary wins, once."""
+def test_step_counts_are_not_replaced_by_a_later_summary(cat: Catalogue) -> None:
+    """Steps and the task's summary count the same tokens: the kind seen first is counted, so counts never drop."""
     a = feed(cat, "slot update_slots: id  0 | task 5 | accepted 2/8 draft tokens, new n_past = 120",
              "slot update_slots: id  0 | task 5 | accepted 8/8 draft tokens, new n_past = 129",
              "slot print_timing: id  0 | task 5 | draft acceptance = 0.62500 (   10 accepted /    16 generated), "
              "mean len =  2.50",
              "slot update_slots: id  0 | task 9 | accepted 1/8 draft tokens, new n_past = 140")
     r = run1(a)
-    assert (r.drafted, r.accepted) == (16, 10)
-    assert (r.slots[0].drafted, r.slots[0].accepted) == (16, 10)
+    assert (r.drafted, r.accepted) == (24, 11)
+    assert (r.slots[0].drafted, r.slots[0].accepted) == (24, 11)
+
+
+def test_steps_after_summaries_are_not_counted_twice(cat: Catalogue) -> None:
+    """In a run that prints per-task summaries first, later step lines add nothing."""
+    a = feed(cat, "slot print_timing: id  0 | task 5 | draft acceptance = 0.62500 (   10 accepted /    16 generated), "
+                  "mean len =  2.50",
+             "slot update_slots: id  0 | task 9 | accepted 1/8 draft tokens, new n_past = 140")
+    assert (run1(a).drafted, run1(a).accepted) == (16, 10)
 
 
 def test_steps_that_are_nearly_always_rejected_raise_low_acceptance(cat: Catalogue) -> None:
@@ -295,8 +303,7 @@ def test_index_error_while_loading_a_draft_is_not_called_a_bad_file(cat: Catalog
 
 
 def test_old_context_constructor_failures_are_the_targets_oom(cat: Catalogue) -> None:
-    """Before b4881 'llama_new_context_with_model: failed to allocate compute buffers' (or the KV cache's 'failed
-    for self-attention cache') is the context failure itself, even when a binding raises instead of logging more."""
+    """Before b4881 a context constructor's compute-buffer or KV-cache failure is the target's OOM by itself."""
     inc = only(feed(cat,
                     "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 144.00 MiB on device 4: cudaMalloc "
                     "failed: out of memory",
@@ -332,8 +339,7 @@ def test_no_draft_context_refused_for_configuration_is_not_an_oom(cat: Catalogue
 
 
 def test_unnamed_context_failure_followed_by_the_draft_line_is_the_drafts(cat: Catalogue) -> None:
-    """An excerpt without the draft load line: libllama's nameless context failure first reads as the target's,
-    and the caller's 'failed to create draft context' right after corrects it (ik_llama.cpp issue 2366)."""
+    """A nameless context failure read as the target's moves to the draft on 'failed to create draft context'."""
     a = feed(cat, "main: build = 4857 (850320be8)",
              "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1412.77 MiB on device 0: cudaMalloc failed: out "
              "of memory",

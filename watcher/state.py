@@ -303,8 +303,6 @@ class Stream:
         run.in_fit_probe = False
         self._finalise_load(run)
 
-    _on_server_listening = _on_model_loaded
-
     def _on_load_exit(self, run: Run, ev: Event) -> None:
         run.phase = "exited"
         for inc in run.incidents.values():
@@ -612,20 +610,19 @@ class Stream:
             self._check_absence(run)
 
     def _on_draft_acceptance(self, run: Run, ev: Event) -> None:
-        if run.step_counts:
-            # The per-task summary counts the same tokens as the per-step lines before it: it wins.
-            run.step_counts = False
-            run.drafted = run.accepted = 0
-            for s in run.slots.values():
-                s.drafted = s.accepted = 0
-            self._last_acc = []
         run.acceptance_lines += 1
+        if run.step_counts:
+            # Per-step lines came first in this run and already counted these tokens. Switching to the
+            # summaries now would make the exported token counters go down (a reset to Prometheus).
+            if ev.get("slot") is not None:
+                run.slot(ev.get("slot")).speculative = "on"
+            return
         self._count_acceptance(run, ev)
 
     def _on_draft_step_accepted(self, run: Run, ev: Event) -> None:
-        # One verification step (debug / LLAMA_TRACE logs). Counted only while no per-task summary line
-        # has appeared in this run: builds before b4984 print no summary, only these.
-        if run.acceptance_lines:
+        # One verification step (debug / LLAMA_TRACE logs; builds before b4984 print no per-task summary,
+        # only these). Whichever kind of line comes first in a run is the one counted.
+        if run.acceptance_lines and not run.step_counts:
             return
         run.step_counts = True
         self._count_acceptance(run, ev)

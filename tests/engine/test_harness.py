@@ -37,6 +37,7 @@ def _vocab(path: Path) -> tuple[str, list[str]]:
 
 
 def test_models_are_small_valid_gguf(models: harness.ModelSet) -> None:
+    """The generated models are small, valid llama GGUF files."""
     for path in (models.target, models.draft_same, models.draft_random, models.draft_bpe, models.wide_kv):
         assert path.stat().st_size < 5_000_000, path
         assert gguf.GGUFReader(str(path)).fields["general.architecture"].contents() == "llama"
@@ -45,6 +46,7 @@ def test_models_are_small_valid_gguf(models: harness.ModelSet) -> None:
 
 
 def test_draft_vocabularies(models: harness.ModelSet) -> None:
+    """The same-vocabulary draft matches the target's tokenizer; the BPE draft does not."""
     tgt_model, tgt_tokens = _vocab(models.target)
     same_model, same_tokens = _vocab(models.draft_same)
     bpe_model, bpe_tokens = _vocab(models.draft_bpe)
@@ -55,6 +57,7 @@ def test_draft_vocabularies(models: harness.ModelSet) -> None:
 
 
 def test_scenario_registry_is_complete() -> None:
+    """Every outcome the samples rely on (works, degraded, exits, baseline) has a scenario."""
     outcomes = {s.expected for s in harness.SCENARIOS.values()}
     assert {"works", "degraded", "exits", "baseline"} <= outcomes
     for s in harness.SCENARIOS.values():
@@ -75,6 +78,7 @@ class _FakeModels:
 @pytest.mark.engine
 @needs_engine
 def test_models_load_and_serve(models: harness.ModelSet) -> None:
+    """llama.cpp's own server loads the tiny target and answers requests."""
     run = harness.run_scenario(harness.SCENARIOS["no-draft"], models)
     assert run.exit_code == 0, run.log.decode(errors="replace")
     assert run.served_requests
@@ -87,6 +91,7 @@ def test_models_load_and_serve(models: harness.ModelSet) -> None:
 @needs_engine
 @pytest.mark.parametrize("verbosity", list(harness.VERBOSITY))
 def test_working_speculation_logs_acceptance(models: harness.ModelSet, verbosity: str) -> None:
+    """A compatible draft is used: accepted draft tokens are reported."""
     run = harness.run_scenario(harness.SCENARIOS["spec-working"], models, verbosity)
     assert run.exit_code == 0 and run.served_requests
     assert run.accepted_tokens > 0 and run.slots_speculative == [True]
@@ -101,6 +106,7 @@ def test_working_speculation_logs_acceptance(models: harness.ModelSet, verbosity
 @pytest.mark.engine
 @needs_engine
 def test_missing_draft_exits_in_the_documented_way(models: harness.ModelSet) -> None:
+    """A missing draft file makes this build exit 1 before serving."""
     run = harness.run_scenario(harness.SCENARIOS["draft-missing"], models)
     assert run.exit_code == 1
     assert not run.server_started and not run.served_requests
@@ -117,6 +123,7 @@ def test_missing_draft_exits_in_the_documented_way(models: harness.ModelSet) -> 
 @pytest.mark.engine
 @needs_engine
 def test_draft_without_spec_type_is_silent_at_default_verbosity(models: harness.ModelSet) -> None:
+    """A draft without --spec-type serves without speculation, and says so only at verbose level."""
     scenario = harness.SCENARIOS["draft-without-spec-type"]
     quiet = harness.run_scenario(scenario, models, "default")
     loud = harness.run_scenario(scenario, models, "verbose")
@@ -133,6 +140,7 @@ def test_draft_without_spec_type_is_silent_at_default_verbosity(models: harness.
 @pytest.mark.parametrize("verbosity", list(harness.VERBOSITY))
 @pytest.mark.parametrize("name", list(harness.SCENARIOS))
 def test_scenario_outcome_matches_registry(models: harness.ModelSet, name: str, verbosity: str) -> None:
+    """Each scenario ends as the registry says (works, degraded, exits)."""
     scenario = harness.SCENARIOS[name]
     run = harness.run_scenario(scenario, models, verbosity)
     tail = run.log.decode(errors="replace")[-3000:]
