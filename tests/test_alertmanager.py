@@ -336,8 +336,7 @@ def test_ack_without_a_watcher_ends_the_alert_itself(alertmanager: Alertmanager,
 
 
 def test_ack_while_alertmanager_is_down_is_delivered_later(alertmanager: Alertmanager, tmp_path: Path) -> None:
-    """Acknowledged while Alertmanager is unreachable: ack reports it queued; the watcher ends the alert once
-    Alertmanager is reachable again, exactly once."""
+    """An ack while Alertmanager is unreachable is queued, and the watcher ends the alert once it is back, once."""
     gate = Gate(alertmanager.url)
     url = f"alertmanager://127.0.0.1:{gate.port}?cto=1&rto=2"
     watcher = Watcher(tmp_path, url)
