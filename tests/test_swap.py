@@ -263,3 +263,12 @@ def test_an_unnamed_model_never_inherits_a_merged_models_name() -> None:
         fresh = [inc for inc in a.incidents() if inc.status == "open" and inc.extra.get("swap_model") in ("A", "B")]
         assert not fresh, f"swap {i}: an unnamed model's incident is tagged {fresh[0].extra['swap_model']}"
         a.feed((health(f"C{i}", failing_port) + "\n").encode())
+
+
+def test_an_option_warning_before_the_next_upstream_belongs_to_it() -> None:
+    """'--gpu-layers-draft option will be ignored' printed before a new upstream's first line is that model's."""
+    gpu_ignored = "warning: no usable GPU found, --gpu-layers-draft option will be ignored"
+    a = analyse([*WORKING, health("A", 44087), gpu_ignored, *WORKING, health("B", 44087)])
+    incs = by_model(a)
+    assert [i.kind for i in incs.get("B", [])] == ["draft_on_cpu"]
+    assert "A" not in incs

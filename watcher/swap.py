@@ -64,6 +64,7 @@ class SwapStream(Stream):
         self.current = Section(self.default)
         self._recent: list[Section] = [self.current]
         self._mirrored: set[int] = set()
+        self._held: Event | None = None  # an option warning of the upstream about to start
         # ``runs`` (inherited attribute) is the union of every inner stream's runs, oldest first, so
         # reports, golden files and metrics read one list as they do for a plain stream.
         self.runs: list[Run] = []
@@ -84,12 +85,19 @@ class SwapStream(Stream):
             self._swap_event(ev)
             return
         sec = self.current
+        if t == "draft_gpu_ignored" and self.models and sec.started:
+            # Printed while the next upstream parses its options, before its first line: held for it.
+            self._held = ev
+            return
         if t == "build_info":
             if self.models and (sec.started or not sec.open):
                 # A second first line under llama-swap: it started another process without saying so (its
                 # default info level). Without llama-swap lines a restart stays in one stream, as state expects.
                 sec = self._open(None, None)
             sec.started = True
+            if self._held is not None:
+                sec.stream.apply(self._held)
+                self._held = None
         sec.stream.apply(ev)
         self._mirror(sec.stream, ev.record.lineno)
 
