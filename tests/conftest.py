@@ -26,6 +26,8 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("SPECWATCH_STATE_DIR", str(state))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(state / "config"))
+    # Environments built with their own ``environ`` (no SPECWATCH_STATE_DIR) fall back to the XDG state dir.
+    monkeypatch.setenv("XDG_STATE_HOME", str(state / "xdg-state"))
     monkeypatch.delenv("SPECWATCH_NOTIFY", raising=False)
     monkeypatch.delenv("SPECWATCH_CONFIG", raising=False)
 
@@ -49,14 +51,19 @@ class Result:
         return self.stdout.decode("utf-8", "replace")
 
 
-def cli(*argv: str, stdin: bytes = b"", environ: dict[str, str] | None = None, tty: bool = False) -> Result:
-    """Run ``specwatch`` in-process with an injected environment (httpie's MockEnvironment idea)."""
+def cli(*argv: str, stdin: bytes = b"", environ: dict[str, str] | None = None, tty: bool = False,
+        stdout_tty: bool = False, stderr_tty: bool = False) -> Result:
+    """Run ``specwatch`` in-process with an injected environment (httpie's MockEnvironment idea).
+
+    ``tty``: stdin is a terminal; ``stdout_tty``/``stderr_tty``: that stream is one (colour needs
+    ``environ={"NO_COLOR": ""}`` too).
+    """
     out, err = io.BytesIO(), io.StringIO()
     import os
 
     base = {"NO_COLOR": "1", "SPECWATCH_STATE_DIR": os.environ.get("SPECWATCH_STATE_DIR", "")}
     env = Environment(stdin=io.BytesIO(stdin), stdout=out, stderr=err, environ={**base, **(environ or {})},
-                      stdin_isatty=tty, stderr_isatty=False)
+                      stdin_isatty=tty, stderr_isatty=stderr_tty, stdout_isatty=stdout_tty)
     status = run(list(argv), env)
     return Result(int(status), out.getvalue(), err.getvalue())
 

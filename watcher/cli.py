@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+from typing import Any
 
 from watcher import __version__
 from watcher.commands._common import UsageError, add_analysis_options
@@ -24,9 +25,44 @@ COMMANDS = [
 ]
 
 
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands that keep the options given before them.
+
+    argparse parses a sub-command into a fresh namespace and copies it over the parent's, so the
+    sub-command's defaults overwrite whatever was given before its name (``specwatch --config FILE scan``
+    lost the config). Here the sub-command parses into the parent's namespace: its defaults fill only
+    what is not set yet, and repeatable options given before and after add up. An option given before
+    the command that the command does not take is a usage error, never silently dropped.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:  # noqa: ARG002
+        assert isinstance(values, list)
+        name, rest = values[0], values[1:]
+        sub = self._name_parser_map[name]  # argparse has already checked the choice
+        for action in parser._actions:
+            if not action.option_strings or action.dest == argparse.SUPPRESS or not hasattr(namespace, action.dest):
+                continue
+            given = action.default == argparse.SUPPRESS or getattr(namespace, action.dest) != action.default
+            if given and not any(s in sub._option_string_actions for s in action.option_strings):
+                command = sub.prog.removeprefix("specwatch").strip()
+                raise UsageError(f"{action.option_strings[0]} is not an option of '{command}'")
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, name)
+        _, extras = sub.parse_known_args(rest, namespace)
+        if extras:
+            vars(namespace).setdefault(argparse._UNRECOGNIZED_ARGS_ATTR, []).extend(extras)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # The caller prefixes "specwatch: "; a sub-command's messages name it ("scan: ...").
+        command = self.prog.removeprefix("specwatch").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,6 +68,7 @@ class Environment:
     environ: Mapping[str, str] = field(default_factory=dict)
     stdin_isatty: bool = False
     stderr_isatty: bool = False
+    stdout_isatty: bool = False
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -83,13 +84,23 @@ class Environment:
             environ=os.environ,
             stdin_isatty=stdin.isatty(),
             stderr_isatty=stderr.isatty(),
+            stdout_isatty=stdout.isatty(),
         )
 
     @property
     def colour(self) -> bool:
+        """Whether to colour what goes to stderr (banners, summaries)."""
+        return self._colour(self.stderr_isatty)
+
+    @property
+    def stdout_colour(self) -> bool:
+        """Whether to colour what goes to stdout (``scan``'s report): ``> report.txt`` gets plain text."""
+        return self._colour(self.stdout_isatty)
+
+    def _colour(self, isatty: bool) -> bool:
         """Colour only for a human at a terminal, and never when NO_COLOR is set (no-color.org)."""
         if self.environ.get("NO_COLOR"):
             return False
         if self.environ.get("FORCE_COLOR"):
             return True
-        return self.stderr_isatty and self.environ.get("TERM") != "dumb"
+        return isatty and self.environ.get("TERM") != "dumb"

@@ -13,6 +13,7 @@ from watcher import catalogue as cat
 from watcher import config as cfg
 from watcher.dispatch import Dispatcher, Sink
 from watcher.environment import Environment
+from watcher.incidents import Incident
 from watcher.sinks import BannerSink, EventLogSink
 from watcher.state import Settings
 
@@ -70,11 +71,16 @@ def load_catalogue(extra: list[Path]) -> cat.Catalogue:
         raise UsageError(f"bad pattern: {exc}") from exc
 
 
+def catalogue_for(args: argparse.Namespace, conf: cfg.Config) -> cat.Catalogue:
+    """The catalogue a command works with: shipped, then the config's ``[patterns] extra``, then ``--patterns``."""
+    extra = [Path(p) for p in conf.get("patterns", "extra", [])] + list(getattr(args, "patterns", []))
+    return load_catalogue(extra)
+
+
 def build_context(args: argparse.Namespace, env: Environment, banner: bool = True) -> Context:
     """Catalogue, settings and sinks for an analysing command."""
     conf = load_config(args, env)
-    extra = [Path(p) for p in conf.get("patterns", "extra", [])] + list(getattr(args, "patterns", []))
-    catalogue = load_catalogue(extra)
+    catalogue = catalogue_for(args, conf)
     defaults = Settings()
     settings = Settings(
         absent_stats_tasks=conf.get("analysis", "absent_stats_tasks", defaults.absent_stats_tasks),
@@ -102,6 +108,12 @@ def _open_events(target: str, env: Environment) -> tuple[TextIO, bool]:
         return Path(target).open("a", encoding="utf-8", buffering=1), True
     except OSError as exc:
         raise UsageError(f"--events {target}: {exc.strerror or exc}") from exc
+
+
+def incidents_at_exit(own: list[Incident], disp: Dispatcher) -> list[Incident]:
+    """The analyser's incidents, then those other producers (the ``--probe`` poller) fed the dispatcher."""
+    mine = {id(i) for i in own}
+    return [*own, *(i for i in disp.all.values() if id(i) not in mine)]
 
 
 def dispatcher(ctx: Context, env: Environment) -> Dispatcher:

@@ -10,7 +10,7 @@ from typing import Any
 
 from watcher.classify import Classifier
 from watcher.commands import audit as audit_command
-from watcher.commands._common import UsageError, load_catalogue
+from watcher.commands._common import UsageError, catalogue_for, load_config
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.framing import Framer
@@ -41,14 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="configuration file whose [patterns] extra is loaded, as by the analysing commands "
+                        "(default: $SPECWATCH_CONFIG or the user config dir's specwatch/config.toml)")
     p.add_argument("--patterns", type=Path, action="append", default=[], metavar="PATH",
-                   help="extra pattern file or directory (repeatable)")
+                   help="extra pattern file or directory, after the config file's (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    """List or test."""
-    catalogue = load_catalogue(args.patterns)
+    """List, test or audit the catalogue the analysing commands load (config's extra patterns included)."""
+    catalogue = catalogue_for(args, load_config(args, env))
     if args.action == "test":
         return _test(Classifier(catalogue), args, env)
     if args.action == "audit":

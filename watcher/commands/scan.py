@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         doc = {"runs": [r.as_dict() for r in runs], "incidents": [i.as_dict() for i in incidents]}
         env.stdout.write((json.dumps(doc, indent=2) + "\n").encode())
     else:
-        env.stdout.write(report.scan_report(runs, incidents, env.colour and not args.json).encode())
+        env.stdout.write(report.scan_report(runs, incidents, env.stdout_colour).encode())
     env.stdout.flush()
     return ExitStatus.INCIDENTS if any(i.status == "open" for i in incidents) else ExitStatus.OK
 
