@@ -190,3 +190,11 @@ def test_line_gate_passes_whole_lines_only(chunks: list[bytes]) -> None:
     joined = b"".join(chunks)
     assert all(p.endswith(b"\n") for p in seen)
     assert b"".join(seen) in (joined, joined + b"\n")
+
+
+def test_summary_starts_a_new_line_after_an_unfinished_last_line(tmp_path: Path) -> None:
+    """A child whose output ends mid-line: the exit summary starts on a line of its own."""
+    env, out, err = _env(tmp_path)
+    assert _run(env, "--", sys.executable, "-c", "import sys; sys.stdout.write('no newline')") == 0
+    assert out.getvalue() == b"no newline"
+    assert err.getvalue() == "\nspecwatch: no open incidents\n"

@@ -3,6 +3,7 @@ reader downstream never turns into SIGPIPE for the server upstream."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -283,3 +284,26 @@ def test_a_sink_that_cannot_start_still_passes_everything_through(tmp_path) -> N
     assert r.stdout == b"hello\n"
     assert r.status == 2
     assert "not watching" in r.stderr
+
+
+class TestSummaryLine:
+    def test_summary_starts_a_new_line_after_an_unfinished_last_line(self) -> None:
+        """Input ending without a newline: the exit summary on stderr starts on a line of its own."""
+        r = cli(stdin=b"hello\n    Issue actions")
+        assert r.stdout == b"hello\n    Issue actions"
+        assert r.stderr == "\nspecwatch: no open incidents\n"
+
+    def test_no_blank_line_after_a_finished_last_line(self) -> None:
+        """Input ending with a newline (or no input at all): the summary follows directly."""
+        assert cli(stdin=b"hello\n").stderr == "specwatch: no open incidents\n"
+        assert cli(stdin=b"").stderr == "specwatch: no open incidents\n"
+
+    def test_passthrough_remembers_its_last_byte(self) -> None:
+        """Passthrough.last is the last byte written, b'' before any; an empty write changes nothing."""
+        out = pipe.Passthrough(io.BytesIO())
+        assert out.last == b""
+        out.write(b"abc\n")
+        out.write(b"")
+        assert out.last == b"\n"
+        out.write(b"x")
+        assert out.last == b"x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from watcher import probe as pr
 from watcher.cli import run as cli_run
 from watcher.dispatch import Dispatcher
@@ -172,3 +174,29 @@ def test_probe_option_registered_for_analysing_commands() -> None:
 
     args = build_parser().parse_args(["scan", "--probe", "http://127.0.0.1:1", "x.log"])
     assert args.probe == "http://127.0.0.1:1" and args.probe_interval == 30.0
+
+
+def test_pipe_mode_summary_and_exit_status_include_probe_incidents(server: _Server) -> None:
+    """In pipe mode a --probe finding is in the exit summary and --exit-status, and its banner names the URL."""
+    server.routes.update(_load("b11549-draft-without-spec-type", "after"))
+    r, w = os.pipe()
+    err = io.StringIO()
+    stdin = os.fdopen(r, "rb")
+    env = Environment(stdin=stdin, stdout=io.BytesIO(), stderr=err,
+                      environ={"NO_COLOR": "1", "SPECWATCH_STATE_DIR": os.environ["SPECWATCH_STATE_DIR"]})
+
+    def feed() -> None:
+        os.write(w, b"server starting\n")
+        wait_for(lambda: "SPECWATCH CRITICAL" in err.getvalue(), "the probe's banner")
+        os.close(w)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    status = cli_run(["--probe", server.url, "--probe-expect-spec", "--probe-interval", "0.2", "--exit-status"], env)
+    writer.join()
+    stdin.close()
+    text = err.getvalue()
+    assert status == 1
+    assert "specwatch: 1 open incident(s) at exit:" in text and "no open incidents" not in text
+    assert f"source      probe {server.url}\n" in text
+    assert "lines 0-0" not in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import ROOT
-from watcher import catalogue, report
+from watcher import catalogue, probe, report
 from watcher.pipeline import Analyzer
 
 SWAP = ROOT / "samples" / "swap" / "llamaswap-debug-draft-oom-exit-then-swap.log"
@@ -32,3 +32,11 @@ def test_banner_of_a_plain_server_has_no_llama_swap_line() -> None:
     text = report.banner(_incidents(seed)[0], colour=False)
     assert "llama-swap" not in text
     assert "SPECWATCH" in text
+
+
+def test_banner_of_a_probe_finding_names_the_url_not_lines() -> None:
+    """An incident from the HTTP probe has no log lines: the banner's source is the probed URL alone."""
+    v = probe.Verdict(status="off", reason="slots without a speculator: 0", configured=True, plain_slots=[0])
+    text = report.banner(probe.incident("http://127.0.0.1:8080", v), colour=False)
+    assert "  source      probe http://127.0.0.1:8080\n" in text
+    assert "lines 0-0" not in text

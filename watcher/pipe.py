@@ -44,6 +44,8 @@ class Passthrough:
         self.out = out
         self.on_break = on_break
         self.broken = False
+        #: The last byte written (b"" before any): whether the output ends in the middle of a line.
+        self.last = b""
         try:
             self.fd: int | None = out.fileno()
         except (AttributeError, OSError, ValueError):
@@ -53,6 +55,8 @@ class Passthrough:
         """Write all of ``data`` (handling short writes), or nothing once stdout has failed."""
         if self.broken:
             return
+        if data:
+            self.last = data[-1:]
         try:
             if self.fd is None:
                 self.out.write(data)

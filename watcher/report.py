@@ -47,7 +47,10 @@ def _details(inc: Incident, width: int) -> list[str]:
         out.extend(f"  {'':<11} {w}" for w in wrapped[1:])
 
     field("kind", f"{inc.kind} ({inc.severity}, {inc.confidence})")
-    field("source", f"{inc.source} (run {inc.run}, lines {inc.first_line}-{inc.last_line})")
+    if inc.first_line:
+        field("source", f"{inc.source} (run {inc.run}, lines {inc.first_line}-{inc.last_line})")
+    else:  # not from a log line: the --probe poller's finding names the URL it asked
+        field("source", inc.source)
     field("model", basename(inc.model) or None)
     field("llama-swap", inc.extra.get("swap_model"))
     field("draft", inc.draft_model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from watcher import metrics, report
-from watcher.commands._common import Context, build_context, dispatcher
+from watcher.commands._common import Context, build_context, dispatcher, incidents_at_exit
 from watcher.dispatch import Dispatcher
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
@@ -37,9 +37,11 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     pump(read, out, side, wait=is_regular_file(env.stdin))
     side.close()
     disp.close()
-    incidents = analyzer.incidents()
+    incidents = incidents_at_exit(analyzer.incidents(), disp)
     if not args.quiet_summary:
-        env.stderr.write(report.summary(incidents, env.colour))
+        # The server's last line may have had no newline: the summary starts on a line of its own.
+        lead = "\n" if out.last not in (b"", b"\n") else ""
+        env.stderr.write(lead + report.summary(incidents, env.colour))
     if args.exit_status and any(i.status == "open" for i in incidents):
         return ExitStatus.INCIDENTS
     return ExitStatus.OK

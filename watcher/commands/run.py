@@ -7,7 +7,7 @@ import threading
 from typing import BinaryIO, TextIO
 
 from watcher import report
-from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher
+from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher, incidents_at_exit
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
@@ -110,8 +110,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     side = SideAnalysis(analyzer, tick, on_skip, on_error)
     err_bin: BinaryIO = getattr(env.stderr, "buffer", None) or _Binary(env.stderr)  # type: ignore[assignment]
+    out, err = Passthrough(env.stdout), Passthrough(err_bin)
     try:
-        child = Child(argv, Passthrough(env.stdout), Passthrough(err_bin), side.put)
+        child = Child(argv, out, err, side.put)
     except OSError as exc:
         side.close()
         disp.close()
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     expect.check(final=True)
     disp.close()
     if not args.quiet_summary:
-        env.stderr.write(report.summary(analyzer.incidents(), env.colour))
+        lead = "\n" if err.last not in (b"", b"\n") or out.last not in (b"", b"\n") else ""
+        env.stderr.write(lead + report.summary(incidents_at_exit(analyzer.incidents(), disp), env.colour))
     if stopped:
         env.stderr.write(f"specwatch: stopped {argv[0]} (pid {child.pid}): {stopper.reason}\n")
         env.stderr.flush()
