@@ -41,3 +41,17 @@ def test_toml_syntax_error_has_line(tmp_path) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load(write(tmp_path, "[analysis]\nsettle = = 1\n"))
     assert "line 2" in str(e.value)
+
+
+def test_readme_config_table_lists_every_schema_key() -> None:
+    """README.md's config table has a row for every key the schema accepts, and none it does not."""
+    import re
+
+    import watcher.cli  # noqa: F401 - importing the commands registers every table (metrics adds [metrics])
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `\[(\w+)\] (\w+)` \|", readme, re.MULTILINE))
+    schema = {(table, key) for table, keys in config.SCHEMA.items() for key in keys}
+    assert schema - documented == set(), "keys missing from README's config table"
+    assert documented - schema == set(), "README documents keys the config file does not accept"

@@ -1,7 +1,7 @@
 """The configuration file (TOML): defaults, validation, and errors that name the key and the line.
 
 Precedence, lowest first: built-in defaults, the config file, environment variables, flags.
-The file is ``$SPECWATCH_CONFIG``, else ``--config FILE``, else ``<user config dir>/specwatch/config.toml``
+The file is ``--config FILE``, else ``$SPECWATCH_CONFIG``, else ``<user config dir>/specwatch/config.toml``
 if it exists.
 """
 
@@ -24,8 +24,8 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the file, the key and the line."""
 
 
-#: Every key the file may hold: table -> key -> (type(s), description). The README's config
-#: reference is checked against this table by a test, so the two cannot drift apart.
+#: Every key the file may hold: table -> key -> (type(s), description); watcher/metrics.py adds [metrics].
+#: tests/test_config.py checks the README's config table against it, so the two cannot drift apart.
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "analysis": {
         "absent_stats_tasks": ((int,), "tasks finished without draft statistics before speculation is inferred off"),
