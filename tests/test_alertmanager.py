@@ -359,7 +359,7 @@ def test_ack_while_alertmanager_is_down_is_delivered_later(alertmanager: Alertma
 
 
 def test_recurrence_after_ack_fires_again(alertmanager: Alertmanager, tmp_path: Path) -> None:
-    """The same failure after an acknowledgement (the server restarted, failed again) reopens it and fires."""
+    """The same failure piped after an ack by a new specwatch process (a pipe's new server start) fires again."""
     url = f"alertmanager://127.0.0.1:{alertmanager.port}"
     first = Watcher(tmp_path, url)
     wait_for(lambda: _active(alertmanager) == SEED_KINDS, "the seed's two alerts")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -11,13 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.incidents import Evidence, Incident
-from watcher.store import AmbiguousIdError, Store
+from watcher.store import MIGRATIONS, AmbiguousIdError, Occurrence, Store
 
 
-def inc(source: str = "srv", **kw: object) -> Incident:
-    i = Incident(kind="draft_context_failed", severity="critical", source=source, run=1, draft_model="d.gguf",
-                 device="CUDA1", mib=7168.0, slots=[0, 1, 2, 3], hint="lower -cd", **kw)  # type: ignore[arg-type]
-    i.evidence = [Evidence(3, "cudaMalloc failed: out of memory")]
+def inc(source: str = "srv", run: int = 1, line: int = 3, **kw: object) -> Incident:
+    i = Incident(kind="draft_context_failed", severity="critical", source=source, run=run, draft_model="d.gguf",
+                 device="CUDA1", mib=7168.0, slots=[0, 1, 2, 3], hint="lower -cd", first_line=line,
+                 **kw)  # type: ignore[arg-type]
+    i.evidence = [Evidence(line, "cudaMalloc failed: out of memory")]
     return i
 
 
@@ -27,10 +29,10 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_open_then_repeat_bumps_count(store: Store) -> None:
-    """A repeat of an open incident only bumps count and last_seen."""
+    """A new occurrence of an open incident (a later run) only bumps count and last_seen."""
     i = inc()
     assert store.record(i.as_dict(), "opened", 100.0)[0] == "opened"
-    what, row = store.record(i.as_dict(), "opened", 200.0)
+    what, row = store.record(inc(run=2, line=90).as_dict(), "opened", 200.0)
     assert what == "repeat" and row.count == 2 and row.last_seen == 200.0 and row.first_seen == 100.0
     assert row.status == "open" and row.generation == 1 and row.host == "box" and row.slots == [0, 1, 2, 3]
     assert row.title == i.title
@@ -53,15 +55,69 @@ def test_ack_resolve_and_recurrence_reopens(store: Store) -> None:
 
 
 def test_recurrence_after_ack_reopens(store: Store) -> None:
-    """A new occurrence of an acknowledged incident (a later load or process) reopens it: the ack ended the alert."""
+    """A new occurrence of an acknowledged incident (a later load) reopens it: the ack ended the alert."""
     i = inc()
     store.record(i.as_dict(), "opened", 1.0)
     store.acknowledge(None, "swapping the draft", 2.0)
-    what, row = store.record(i.as_dict(), "opened", 3.0)
+    what, row = store.record(inc(run=2, line=90).as_dict(), "opened", 3.0)
     assert what == "reopened" and row is not None
     assert (row.status, row.generation, row.count, row.ack_note, row.acked_at) == ("open", 2, 2, "", None)
     assert row.opened_at == 3.0 and row.first_seen == 1.0
     assert store.acknowledge([i.key], "", 4.0) == [i.key]
+
+
+def test_same_occurrence_read_again_stays_acknowledged(store: Store) -> None:
+    """Another process reading the same lines of a file again (scan, watch replay) neither reopens nor counts."""
+    first, later = inc(run=1, line=3), inc(run=2, line=90)
+    store.record(first.as_dict(), "opened", 1.0, Occurrence.of(first.as_dict(), "scan-1"))
+    store.record(later.as_dict(), "opened", 1.0, Occurrence.of(later.as_dict(), "scan-1"))
+    store.acknowledge(None, "", 2.0)
+    for i in (first, later):  # a second scan, or watch --from-start, of the same file
+        what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "scan-2"))
+        assert what == "updated" and row is not None
+        assert (row.status, row.generation, row.count) == ("acknowledged", 1, 2)
+    newer = inc(run=3, line=400)  # the server loaded again, further down the file
+    what, row = store.record(newer.as_dict(), "opened", 4.0, Occurrence.of(newer.as_dict(), "watch-1"))
+    assert what == "reopened" and row is not None and row.generation == 2
+
+
+def test_stream_read_once_is_new_in_every_process(store: Store) -> None:
+    """A pipe (or run) is a new server output in every process: the same lines there are a new occurrence."""
+    i = inc()
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "pipe-1", rereadable=False))
+    store.acknowledge(None, "", 2.0)
+    same = Occurrence.of(i.as_dict(), "pipe-1", rereadable=False)
+    assert store.record(i.as_dict(), "opened", 3.0, same)[0] == "updated"  # the same process, same run
+    what, row = store.record(i.as_dict(), "opened", 4.0, Occurrence.of(i.as_dict(), "pipe-2", rereadable=False))
+    assert what == "reopened" and row is not None and row.generation == 2
+
+
+def test_replay_of_a_resolved_occurrence_changes_nothing(store: Store) -> None:
+    """Re-reading a failure that has since resolved leaves it resolved (no new alert for an old log)."""
+    i = inc()
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    i.status = "resolved"
+    assert store.record(i.as_dict(), "resolved", 2.0, Occurrence.of(i.as_dict(), "watch-1"))[0] == "resolved"
+    i.status = "open"
+    for change in ("opened", "updated"):
+        assert store.record(i.as_dict(), change, 3.0, Occurrence.of(i.as_dict(), "scan-1"))[0] == "unchanged"
+    assert store.get(i.key).status == "resolved"  # type: ignore[union-attr]
+
+
+def test_rows_from_before_occurrences_reopen_as_before(tmp_path: Path) -> None:
+    """An incident stored by the previous schema (no occurrence recorded) keeps the previous rule: reopen."""
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO schema_versions VALUES ('incidents', 1)")
+    conn.commit()
+    conn.close()
+    store = Store.open(tmp_path / "old.db")
+    i = inc()
+    store.conn.execute("INSERT INTO incidents (key, kind, severity, title, source, host, first_seen, last_seen, "
+                       "opened_at, status) VALUES (?, 'k', 'critical', 't', 'srv', 'h', 1, 1, 1, 'acknowledged')",
+                       (i.key,))
+    assert store.record(i.as_dict(), "opened", 2.0)[0] == "reopened"
 
 
 def test_acknowledge_hook_runs_in_the_transaction(store: Store) -> None:

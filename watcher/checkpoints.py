@@ -3,7 +3,9 @@
 A checkpoint is written only after its lines were analysed and the incidents they raised were handed
 to the sinks, so a restart (even after ``kill -9``) resumes at a line boundary that was fully processed:
 no line is missed, and a line processed twice can only re-raise an incident the store already holds
-under the same ``Incident.key``.
+under the same ``Incident.key``. The line count is saved with the offset, so the lines read again keep
+their numbers: the store sees the same occurrence (``watcher.store.Occurrence``), which neither reopens
+an acknowledged incident nor counts as a repeat.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The incident store: every incident a person has not yet dealt with, shared by every specwatch process.
 
 An incident row is keyed by ``Incident.key`` and has a lifecycle: ``open`` -> ``acknowledged`` (a person,
-with an optional note) or ``resolved`` (the server later loaded with working speculation). A recurrence
-after ``resolved`` or ``acknowledged`` (a new occurrence: the dispatcher's ``opened``, i.e. a later load or a
-new process, not an update of the same one) opens it again in a new *generation* (the outbox keys its
-messages by generation, so a reopened incident is announced again: an acknowledgement ends the alert, so
-it must not silence the next failure); a repeat of an open one, or an update of an acknowledged one, only
-bumps ``count`` and ``last_seen``. Every transition is also written to ``incident_log`` for ``specwatch
-history``.
+with an optional note) or ``resolved`` (the server later loaded with working speculation). A *new
+occurrence* (see :class:`Occurrence`) after ``resolved`` or ``acknowledged`` opens it again in a new
+*generation* (the outbox keys its messages by generation, so a reopened incident is announced again: an
+acknowledgement ends the alert, so it must not silence the next failure); a new occurrence of an open one
+bumps ``count``; the same occurrence read again (a second ``scan`` of a file, ``watch --from-start``, the
+lines a restarted ``watch`` reads again after its last checkpoint) changes no status and no count. Every
+transition is also written to ``incident_log`` for ``specwatch history``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,13 @@ MIGRATIONS = [
     );
     CREATE INDEX incident_log_at ON incident_log (at);
     """,
+    # The occurrence last counted (who read it, its run and first line) and the furthest first line counted.
+    """
+    ALTER TABLE incidents ADD COLUMN occ_reader TEXT NOT NULL DEFAULT '';
+    ALTER TABLE incidents ADD COLUMN occ_run INTEGER;
+    ALTER TABLE incidents ADD COLUMN occ_line INTEGER;
+    ALTER TABLE incidents ADD COLUMN occ_max_line INTEGER;
+    """,
 ]
 
 #: What ``record`` did: the outbox announces ``opened`` and ``reopened``, and ``resolved``.
@@ -66,6 +73,44 @@ TRANSITIONS = ("opened", "reopened", "repeat", "updated", "resolved", "unchanged
 
 class AmbiguousIdError(LookupError):
     """An id prefix matched more than one incident."""
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """Which occurrence of an incident a record is about: a failure of one server load, read by one reader.
+
+    ``reader`` names the specwatch process (one sink) that read it; ``rereadable`` says whether its input can
+    be read again by another process (a log file, the journal: ``scan``, ``watch``) or not (a pipe's stdin,
+    the output of the server ``run`` started). ``run`` and ``line`` are the incident's run number and first
+    line. Whether a record is a *new* occurrence of a stored incident:
+
+    - from the reader that recorded the last one: a new one when its run or first line differ (the
+      dispatcher announces every server load of its stream once);
+    - from another reader of a re-readable input: only a first line past every one counted so far (line
+      numbers of a file are kept across restarts by the checkpoints), so reading the same lines again
+      is the same occurrence;
+    - from another reader of an input that cannot be read again: always (a new pipe is a new server start).
+    """
+
+    reader: str = ""
+    rereadable: bool = True
+    run: int = 0
+    line: int = 0
+
+    @classmethod
+    def of(cls, inc: Mapping[str, Any], reader: str = "", rereadable: bool = True) -> Occurrence:
+        """The occurrence of an ``Incident.as_dict()``."""
+        return cls(reader, rereadable, int(inc.get("run") or 0), int(inc.get("first_line") or 0))
+
+    def is_new(self, reader: str, run: int | None, line: int | None, max_line: int | None) -> bool:
+        """Whether this is a new occurrence after the stored one (``reader``, ``run``, ``line``, ``max_line``)."""
+        if line is None or max_line is None:
+            return True  # a row from before occurrences were stored
+        if self.reader and self.reader == reader:
+            return (self.run, self.line) != (run, line)
+        if self.rereadable:
+            return self.line > max_line
+        return True
 
 
 @dataclass
@@ -145,18 +190,34 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
-    def record(self, inc: Mapping[str, Any], change: str, now: float) -> tuple[str, StoredIncident | None]:
-        """Apply one incident change (``Incident.as_dict()``, and the dispatcher's change) and say what it did."""
+    def record(self, inc: Mapping[str, Any], change: str, now: float,
+               occurrence: Occurrence | None = None,
+               then: Callable[[sqlite3.Connection, str, StoredIncident], None] | None = None,
+               ) -> tuple[str, StoredIncident | None]:
+        """Apply one incident change (``Incident.as_dict()``, and the dispatcher's change) and say what it did.
+
+        ``occurrence`` (default: from ``inc``, a re-readable input) decides whether an ``opened`` change is a new
+        occurrence (see :class:`Occurrence`): only a new one reopens or counts; the same one read again is an
+        update. ``then`` runs inside the same transaction with what was done and the row (the outbox queues the
+        messages there, so an incident and its messages commit together or not at all).
+        """
         key = str(inc["id"])
+        occ = occurrence or Occurrence.of(inc)
         with self.transaction() as c:
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
             old = _row(r) if r else None
+            seen = c.execute("SELECT occ_reader, occ_run, occ_line, occ_max_line FROM incidents WHERE key = ?",
+                             (key,)).fetchone()
+            new = old is not None and occ.is_new(*seen)
+            if change == "opened" and old is not None and not new:
+                change = "updated"  # the same occurrence, read again
             fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
                       json.dumps(inc.get("slots", [])), json.dumps(inc.get("evidence", [])[:8]),
                       inc.get("hint", ""), json.dumps(_details(inc)))
             if change == "resolved" or inc.get("status") == "resolved":
-                if old is None or old.status == "resolved":
-                    what = "unchanged"
+                if old is None or old.status == "resolved" or (not new and occ.line < (seen[2] or 0)
+                                                               and occ.reader != seen[0]):
+                    what = "unchanged"  # nothing to resolve, or the resolution of an older occurrence read again
                 else:
                     c.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?, resolution = ?, "
                               "last_seen = ? WHERE key = ?", (now, inc.get("resolution", ""), now, key))
@@ -166,6 +227,8 @@ class Store:
                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, 'open', '', NULL, NULL, '', ?)",
                           (key, *fields[:8], now, now, now, fields[8]))
                 what = "opened"
+            elif change == "updated" and old.status == "resolved" and occ.reader != seen[0]:
+                what = "unchanged"  # another reader's replay of an occurrence that has since resolved
             elif old.status == "resolved" or (old.status == "acknowledged" and change == "opened"):
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + 1, "
@@ -178,11 +241,18 @@ class Store:
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, count = count + ? WHERE key = ?",
                           (*fields, now, bump, key))
                 what = "repeat" if bump else "updated"
+            if what in ("opened", "reopened", "repeat"):
+                c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, "
+                          "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?) WHERE key = ?",
+                          (occ.reader, occ.run, occ.line, occ.line, occ.line, key))
             if what != "unchanged":
                 c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
                           (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
-        return what, (_row(r) if r else None)
+            row = _row(r) if r else None
+            if then is not None and row is not None:
+                then(c, what, row)
+        return what, row
 
     def resolve_id(self, prefix: str) -> str | None:
         """The full key an id (or a unique prefix of one, as ``status`` prints them) names."""

@@ -5,7 +5,13 @@ incident, each message exists once. A worker *claims* due rows by setting ``stat
 (owner ``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row;
 it then marks them ``sent`` (or back to ``pending`` with an exponential backoff) only if it still holds the
 lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
-expires, or at once when the owner is a process of this host that no longer exists.
+expires, or at once when the owner is a process of this host that no longer exists. While another live
+process is sending a row of an incident to a target, no other row of that incident and target is claimed,
+so an incident's messages reach a target in order (an acknowledgement never overtakes a repeat in flight).
+
+Messages belong to a generation of their incident: when it reopens, the rows of older generations still
+pending are cancelled in the reopening transaction, and the worker cancels (instead of sending) any it had
+already claimed, so an old ``acknowledged`` or ``resolved`` message never ends the new alert.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from watcher import db
 from watcher.notify import contract
-from watcher.store import Store, StoredIncident
+from watcher.store import Occurrence, Store, StoredIncident
 
 COMPONENT = "outbox"
 MIGRATIONS = [
@@ -131,18 +138,38 @@ class Outbox:
         ``need_announced`` (resolved and repeat messages) only queues for targets that were sent, or are
         still to be sent, the ``opened`` message of this generation.
         """
-        added = 0
         with self.store.transaction() as c:
-            for target, label in targets:
-                if need_announced and not c.execute(
-                        "SELECT 1 FROM outbox WHERE target = ? AND incident = ? AND generation = ? AND kind = 'opened' "
-                        "AND state != 'cancelled'", (target, incident, generation)).fetchone():
-                    continue
-                cur = c.execute("INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, "
-                                "severity, created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                (target, label, incident, generation, kind, seq, severity, now, now))
-                added += cur.rowcount
-        return added
+            return _insert(c, targets, incident, generation, kind, severity, now, seq, need_announced)
+
+    def record(self, inc: Mapping[str, Any], change: str, now: float,
+               wanted: Callable[[StoredIncident, str], list[tuple[str, str]]],
+               occurrence: Occurrence | None = None) -> tuple[str, StoredIncident | None, int]:
+        """Record an incident change and queue its messages in one transaction: (what, row, rows queued).
+
+        ``wanted(row, kind)`` names the (target id, label) pairs that get an ``opened`` or ``resolved``
+        message. A reopened incident's pending messages of older generations are cancelled; a resolved one's
+        pending repeats too.
+        """
+        contract.load_plugins()  # not inside the write transaction: the first import takes a while
+        added = 0
+
+        def then(c: sqlite3.Connection, what: str, row: StoredIncident) -> None:
+            nonlocal added
+            if what == "reopened":
+                c.execute("UPDATE outbox SET state = 'cancelled', last_error = 'superseded by a newer generation' "
+                          "WHERE incident = ? AND generation < ? AND state = 'pending'", (row.key, row.generation))
+            kind = "opened" if what in ("opened", "reopened") else "resolved" if what == "resolved" else ""
+            if not kind:
+                return
+            if kind == "resolved":
+                _cancel_repeats(c, row.key)
+            want = wanted(row, kind)
+            if want:
+                added += _insert(c, want, row.key, row.generation, kind, row.severity, now,
+                                 need_announced=kind == "resolved")
+
+        what, row = self.store.record(inc, change, now, occurrence, then)
+        return what, row, added
 
     def acknowledge(self, keys: list[str] | None, note: str, now: float) -> Acknowledged:
         """Acknowledge incidents (None: every open one), stop their repeats and queue their ``acknowledged``
@@ -156,8 +183,7 @@ class Outbox:
         out = Acknowledged()
 
         def then(c: sqlite3.Connection, inc: StoredIncident) -> None:
-            c.execute("UPDATE outbox SET state = 'cancelled' WHERE incident = ? AND kind = 'repeat' "
-                      "AND state = 'pending'", (inc.key,))
+            _cancel_repeats(c, inc.key)
             announced = c.execute("SELECT DISTINCT target, label FROM outbox WHERE incident = ? AND generation = ? "
                                   "AND kind = 'opened' AND state != 'cancelled' ORDER BY id",
                                   (inc.key, inc.generation)).fetchall()
@@ -176,8 +202,7 @@ class Outbox:
     def cancel_repeats(self, incident: str) -> int:
         """An acknowledged or resolved incident stops repeating."""
         with self.store.transaction() as c:
-            return c.execute("UPDATE outbox SET state = 'cancelled' WHERE incident = ? AND kind = 'repeat' "
-                             "AND state = 'pending'", (incident,)).rowcount
+            return _cancel_repeats(c, incident)
 
     def schedule_repeats(self, targets: Sequence[tuple[str, str, frozenset[str] | None]], interval: float,
                          now: float) -> int:
@@ -223,9 +248,13 @@ class Outbox:
                 f"SELECT id, target, incident, generation, kind, seq, attempts, state, lease_owner, lease_until "  # noqa: S608
                 f"FROM outbox WHERE target IN ({marks}){among} AND ((state = 'pending' AND due <= ?) "
                 f"OR state = 'sending') ORDER BY id", (*targets, *ids, now)).fetchall()
+            # (target, incident) pairs another live process is sending a row of: their other rows wait for it.
+            busy = {(target, incident) for _, target, incident, *_, state, lease_owner, lease_until in rows
+                    if state == "sending" and lease_owner != owner and (lease_until or 0) > now
+                    and _alive(lease_owner)}
             taken = []
-            for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, lease_until in rows:
-                if state == "sending" and lease_owner != owner and (lease_until or 0) > now and _alive(lease_owner):
+            for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, _lease_until in rows:
+                if (target, incident) in busy:
                     continue
                 if state == "sending" and lease_owner == owner:
                     continue
@@ -240,6 +269,14 @@ class Outbox:
             return sum(c.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = '', lease_owner = NULL, "
                                  "lease_until = NULL WHERE id = ? AND lease_owner = ? AND state = 'sending'",
                                  (now, i, owner)).rowcount for i in ids)
+
+    def mark_cancelled(self, ids: Sequence[int], owner: str, why: str) -> int:
+        """Claimed but no longer to be sent (superseded by a newer generation, or a repeat of an incident that
+        is no longer open): only rows this owner still leases."""
+        with self.store.transaction() as c:
+            return sum(c.execute("UPDATE outbox SET state = 'cancelled', last_error = ?, lease_owner = NULL, "
+                                 "lease_until = NULL WHERE id = ? AND lease_owner = ? AND state = 'sending'",
+                                 (why, i, owner)).rowcount for i in ids)
 
     def mark_failed(self, ids: Sequence[int], owner: str, now: float, error: str, backoff: float,  # noqa: PLR0917
                     backoff_max: float) -> None:
@@ -269,3 +306,23 @@ class Outbox:
             q += f" AND target IN ({','.join('?' * len(targets))})"
             args = tuple(targets)
         return [tuple(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]
+
+
+def _cancel_repeats(c: sqlite3.Connection, incident: str) -> int:
+    return int(c.execute("UPDATE outbox SET state = 'cancelled' WHERE incident = ? AND kind = 'repeat' "
+                         "AND state = 'pending'", (incident,)).rowcount)
+
+
+def _insert(c: sqlite3.Connection, targets: Iterable[tuple[str, str]], incident: str, generation: int,  # noqa: PLR0917
+            kind: str, severity: str, now: float, seq: int = 0, need_announced: bool = False) -> int:
+    added = 0
+    for target, label in targets:
+        if need_announced and not c.execute(
+                "SELECT 1 FROM outbox WHERE target = ? AND incident = ? AND generation = ? AND kind = 'opened' "
+                "AND state != 'cancelled'", (target, incident, generation)).fetchone():
+            continue
+        cur = c.execute("INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, "
+                        "severity, created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (target, label, incident, generation, kind, seq, severity, now, now))
+        added += cur.rowcount
+    return added

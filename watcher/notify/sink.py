@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import queue
 import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ from watcher.notify import contract
 from watcher.notify import targets as tg
 from watcher.notify.outbox import Outbox
 from watcher.notify.worker import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, Settings, Worker
-from watcher.store import Store
+from watcher.store import Occurrence, Store, StoredIncident
 
+#: Commands whose input another process can read again (files, the journal): the same lines read again are
+#: the same occurrence. Pipe mode and ``run`` read a stream once: each process reads new occurrences.
+REREADABLE = frozenset({"scan", "watch"})
 #: Seconds a pipe waits at EOF for queued messages to go out before exiting (the rest stay queued).
 EXIT_GRACE = 5.0
 
@@ -36,9 +40,14 @@ EXIT_GRACE = 5.0
 class StoreSink:
     """Writes incident changes into the store and the outbox; owns the delivery worker."""
 
-    def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,
-                 exit_grace: float = EXIT_GRACE) -> None:
+    def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,  # noqa: PLR0917
+                 exit_grace: float = EXIT_GRACE, rereadable: bool = False) -> None:
         self.db_path = db_path
+        #: This process as a reader of its input (see watcher.store.Occurrence): a pipe's stdin or a server's
+        #: output cannot be read twice, so every occurrence a new one reads is new; ``scan`` and ``watch``
+        #: read files that other processes may read again.
+        self.reader = uuid.uuid4().hex
+        self.rereadable = rereadable
         self.targets = targets
         self.env = env
         self.exit_grace = exit_grace
@@ -67,26 +76,20 @@ class StoreSink:
                 if item is None:
                     return
                 try:
-                    self._record(store, outbox, *item)
+                    self._record(outbox, *item)
                 except Exception as exc:  # noqa: BLE001 - a full disk must not stop the watcher
                     self._log(f"specwatch: cannot record incident: {exc}")
         finally:
             store.close()
 
-    def _record(self, store: Store, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
-        what, row = store.record(inc, change, now)
-        if row is None:
-            return
-        kind = "opened" if what in ("opened", "reopened") else "resolved" if what == "resolved" else ""
-        if not kind:
-            return
-        # The severity filter and the plugin's declared messages decide, for every kind alike.
-        want = [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and contract.wants(t.url, kind)]
-        if kind == "resolved":
-            outbox.cancel_repeats(row.key)
-        if want:
-            outbox.enqueue(want, row.key, row.generation, kind, row.severity, now, need_announced=kind == "resolved")
-        if self.worker is not None:
+    def _record(self, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
+        def wanted(row: StoredIncident, kind: str) -> list[tuple[str, str]]:
+            # The severity filter and the plugin's declared messages decide, for every kind alike.
+            return [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and contract.wants(t.url, kind)]
+
+        # One transaction: the incident, its messages and the cancelled ones commit together or not at all.
+        _what, _row, added = outbox.record(inc, change, now, wanted, Occurrence.of(inc, self.reader, self.rereadable))
+        if added and self.worker is not None:
             self.worker.wake()
 
     def close(self) -> None:
@@ -143,7 +146,8 @@ def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> Store
     if getattr(args, "command", None) == "scan" and not getattr(args, "notify", None):
         return None
     try:
-        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env)
+        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env,
+                         rereadable=getattr(args, "command", None) in REREADABLE)
     except OSError as exc:
         raise UsageError(f"state dir: {exc}") from exc
 

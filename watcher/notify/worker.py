@@ -140,10 +140,21 @@ class Worker:
 
     def _deliver(self, store: Store, ob: Outbox, target: Target, rows: list[Row]) -> Result:
         items: list[dict[str, Any]] = []
+        dropped: dict[int, str] = {}
         for r in rows:
             inc = store.get(r.incident)
-            if inc is not None:
-                items.append({**inc.as_dict(), "message": r.kind, "repeat": r.seq})
+            if inc is None:
+                continue
+            # Checked as late as possible, after the claim: the incident may have moved on since it was queued.
+            if r.generation < inc.generation:
+                dropped[r.id] = f"superseded: the incident reopened as generation {inc.generation}"
+            elif r.kind == "repeat" and inc.status != "open":
+                dropped[r.id] = f"not repeated: the incident is {inc.status}"
+            else:
+                items.append({**inc.as_dict(), "generation": r.generation, "message": r.kind, "repeat": r.seq})
+        for why in dict.fromkeys(dropped.values()):
+            ob.mark_cancelled([i for i, w in dropped.items() if w == why], self.owner, why)
+        rows = [r for r in rows if r.id not in dropped]
         ids = [r.id for r in rows]
         if not items:
             ob.mark_sent(ids, self.owner, self.clock())
