@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from watcher.checkpoints import Checkpoints
-from watcher.sources.tail import ROTATE_WAIT, run_loop
+from watcher.pipeline import Analyzer
+from watcher.sources.tail import ROTATE_WAIT, Follower, run_loop, specs
 
-from .helpers_tail import Recorder, append, failure, filler
+from .helpers_tail import CATALOGUE, Recorder, append, failure, filler
 
 
 @pytest.fixture
@@ -332,3 +333,16 @@ def test_native_observer_wakes_the_loop(tmp_path: Path) -> None:
         observer.stop()
         observer.join(5)
     assert rec.numbers() == [1]
+
+
+def test_line_numbers_count_the_skipped_history(tmp_path: Path) -> None:
+    """Starting at EOF skips the history's events but not its lines: numbers match a scan of the whole file."""
+    log = tmp_path / "a.log"
+    log.write_bytes(filler(1) * 1000 + failure(1))
+    lines: list[int] = []
+    follower = Follower(specs([log]), lambda source: Analyzer(CATALOGUE, source=source,
+                                                             on_event=lambda ev: lines.append(ev.record.lineno)))
+    follower.step()
+    append(log, filler(2) + failure(2))
+    follower.step()
+    assert lines == [1003]

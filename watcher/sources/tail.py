@@ -42,6 +42,18 @@ ROTATE_WAIT = 5.0
 _GLOB_CHARS = frozenset("*?[")
 
 
+def count_lines(fd: int, end: int) -> int:
+    """Newlines in the first ``end`` bytes of ``fd``, read with pread (the file offset stays where it is)."""
+    n = pos = 0
+    while pos < end:
+        block = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not block:
+            break
+        n += block.count(b"\n")
+        pos += len(block)
+    return n
+
+
 def _is_glob(path: str) -> bool:
     return any(c in _GLOB_CHARS for c in path)
 
@@ -276,6 +288,8 @@ class Follower:
                 self._drain_replaced(s, cp)
         elif self._first and spec.key not in self._known_roots and not self.from_start:
             start = st.st_size
+            # The history is skipped, not its line count: evidence keeps the line numbers scan would give.
+            s.analyzer.framer.lines = count_lines(s.fd, start)
         os.lseek(s.fd, start, os.SEEK_SET)
         s.offset = start
         s.ident = identity(s.fd, st)
