@@ -307,3 +307,17 @@ class TestSummaryLine:
         assert out.last == b"\n"
         out.write(b"x")
         assert out.last == b"x"
+
+
+def test_without_targets_apprise_is_never_loaded(tmp_path) -> None:
+    """Pipe mode with incidents but no notification target never imports apprise (a third of its CPU)."""
+    code = ("import io, sys\n"
+            "from watcher.cli import run\n"
+            "from watcher.environment import Environment\n"
+            "env = Environment(stdin=io.BytesIO(open(sys.argv[1], 'rb').read()), stdout=io.BytesIO(),\n"
+            "                  stderr=io.StringIO(), environ={'SPECWATCH_STATE_DIR': sys.argv[2]})\n"
+            "run([], env)\n"
+            "print('SPECWATCH CRITICAL' in env.stderr.getvalue(), 'apprise' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(SEED), str(tmp_path)], env=ENV, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.stdout.split() == ["True", "False"], r.stdout + r.stderr

@@ -148,9 +148,9 @@ class Outbox:
 
         ``wanted(row, kind)`` names the (target id, label) pairs that get an ``opened`` or ``resolved``
         message. A reopened incident's pending messages of older generations are cancelled; a resolved one's
-        pending repeats too.
+        pending repeats too. Call ``contract.load_plugins()`` first when there are targets: the first import
+        takes a while, and inside the write transaction it would hold the database lock.
         """
-        contract.load_plugins()  # not inside the write transaction: the first import takes a while
         added = 0
 
         def then(c: sqlite3.Connection, what: str, row: StoredIncident) -> None:

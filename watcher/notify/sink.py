@@ -70,6 +70,10 @@ class StoreSink:
     def _record_loop(self) -> None:
         store = Store.open(self.db_path)
         outbox = Outbox(store)
+        if self.targets:
+            # apprise and the plugins load only for someone to notify: without targets the store alone is kept
+            # (apprise is a third of pipe mode's CPU on a 32 MiB log).
+            contract.load_plugins()
         try:
             while True:
                 item = self.queue.get()
