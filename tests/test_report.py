@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -40,3 +41,14 @@ def test_banner_of_a_probe_finding_names_the_url_not_lines() -> None:
     text = report.banner(probe.incident("http://127.0.0.1:8080", v), colour=False)
     assert "  source      probe http://127.0.0.1:8080\n" in text
     assert "lines 0-0" not in text
+
+
+def test_evidence_lines_are_wrapped_not_cut() -> None:
+    """The end of a long evidence line (where 'cudaMalloc failed: out of memory' is) shows; at most 3 rows each."""
+    seed = next((ROOT / "samples" / "seed").glob("*.log"))
+    text = report.banner(_incidents(seed)[0], colour=False)
+    assert "cudaMalloc failed: out of memory" in " ".join(text.split())
+    rows = text.splitlines()
+    start = rows.index("  evidence:")
+    numbered = [i for i, r in enumerate(rows) if i > start and r[4:11].strip().isdigit()]
+    assert all(b - a <= 3 for a, b in itertools.pairwise(numbered))

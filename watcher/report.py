@@ -42,7 +42,7 @@ def _details(inc: Incident, width: int) -> list[str]:
     def field(label: str, value: Any) -> None:
         if value in (None, "", []):
             return
-        wrapped = textwrap.wrap(str(value), width - 14) or [""]
+        wrapped = textwrap.wrap(str(value), width - 14, break_on_hyphens=False) or [""]
         out.append(f"  {label:<11} {wrapped[0]}")
         out.extend(f"  {'':<11} {w}" for w in wrapped[1:])
 
@@ -64,8 +64,13 @@ def _details(inc: Incident, width: int) -> list[str]:
         field("resolved", inc.resolution)
     if inc.evidence:
         out.append("  evidence:")
+        room = width - 14
         for e in inc.evidence[:6]:
-            out.append(f"    {e.lineno:>7}: {e.text[: width - 14]}")
+            # Wrapped, not cut: the words that prove the failure ("cudaMalloc failed: out of memory") are often
+            # at the end of a long line. Three rows at most, so one huge line cannot bury the banner.
+            rows = textwrap.wrap(e.text, room, max_lines=3, placeholder=" …", break_on_hyphens=False) or [""]
+            out.append(f"    {e.lineno:>7}: {rows[0]}")
+            out.extend(f"    {'':>7}  {row}" for row in rows[1:])
     return out
 
 
