@@ -363,3 +363,54 @@ def test_target_context_failure_named_by_the_caller_stays_the_targets(cat: Catal
              "common_init_result: failed to create context with model '/m/Qwen3.5-27B-Q4_K_M.gguf'",
              "failed to create draft context")
     assert "main_model_oom" in kinds(a)
+
+
+# -- host draft failures: LM Studio's MLX engine, koboldcpp, the server line that quotes the loader --------
+MLX_REFUSED = (" lmstudio-llama-cpp: failed to load model. Error: SpeculativeDecodingNotSupportedError: "
+               "Speculative decoding is not supported for batched MLX models.")
+
+
+def test_mlx_batched_refusal_is_spec_unsupported_once_per_attempts(cat: Catalogue) -> None:
+    """Two refused MLX drafts are one spec_unsupported incident with two attempts and the MLX hint."""
+    a = feed(cat, "2026-02-12 17:10:22 [DEBUG]", MLX_REFUSED, "2026-02-12 17:12:05 [DEBUG]", MLX_REFUSED)
+    inc = only(a)
+    assert inc.kind == "spec_unsupported" and inc.attempts == 2
+    assert "Max Concurrent Predictions to 1" in inc.hint
+    assert run1(a).speculation == "failed"
+
+
+def test_mlx_draft_vocab_mismatch_is_draft_incompatible(cat: Catalogue) -> None:
+    """mlx-engine's ValueError for a draft of another vocabulary size is draft_incompatible."""
+    a = feed(cat, "lmstudio-llama-cpp: failed to load model. Error: ValueError: Draft model is not "
+                  "compatible with main model")
+    assert kinds(a) == ["draft_incompatible"]
+
+
+def test_koboldcpp_draft_of_unknown_architecture_names_draft_and_cause(cat: Catalogue) -> None:
+    """koboldcpp's load failure takes the draft's path and llama.cpp's cause from the lines before it."""
+    path = "C:/m/gemma-4-26b-A4B-it-assistant-QAT-Q4_0.gguf"
+    a = feed(cat,
+             "Attempting to load draft model for speculative decoding. It will be fully offloaded if possible. "
+             "Vocab must match the main model.",
+             f"llama_model_loader: loaded meta data with 50 key-value pairs and 49 tensors from {path} "
+             "(version GGUF V3 (latest))",
+             "llama_model_load: error loading model: unknown model architecture: 'gemma4-assistant'",
+             "llama_model_load_from_file_impl: failed to load model",
+             f"Error: failed to load speculative decoding draft model '{path}'",
+             "Speculative Decoding will not be used!")
+    inc = only(a)
+    assert inc.kind == "draft_load_failed"
+    assert inc.draft_model == path and inc.model is None
+    assert inc.reason == "unknown model architecture: 'gemma4-assistant'"
+    assert "'gemma4-assistant'" in inc.hint and inc.server_state == "serving_without_speculation"
+
+
+def test_server_line_quoting_the_loader_error_is_the_drafts(cat: Catalogue) -> None:
+    """'failed to load draft model, PATH: error loading model: X' is the draft's failure, with X's meaning."""
+    a = feed(cat, "E llama_model_load: error loading model: invalid vector subscript",
+             "E llama_model_load_from_file_impl: failed to load model",
+             "E srv load_model: failed to load draft model, '...\\mtp-gemma-4-31B-it.gguf': error loading model: "
+             "invalid vector subscript")
+    inc = only(a)
+    assert inc.kind == "draft_load_failed" and "index error" in inc.reason
+    assert run1(a).speculation == "failed"

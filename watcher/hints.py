@@ -68,6 +68,11 @@ def for_incident(inc: Incident, run: Run) -> str:
                         "index check while placing the draft's layers on the devices, seen with little free VRAM "
                         "left or an unusual tensor split. Try fewer draft GPU layers (-ngld), another device for the "
                         "draft (-devd), a smaller target context (-c), or a newer llama.cpp.")
+            if "unknown model architecture" in inc.reason:
+                arch = inc.reason.rsplit("architecture:", 1)[-1].strip(" '")
+                return (f"This build does not know the draft's architecture ('{arch}'): update llama.cpp (or the "
+                        "host: koboldcpp, the LM Studio runtime). An MTP/assistant head also needs the MTP mode "
+                        "(--spec-type draft-mtp) rather than a plain draft.")
             if "GGUF" in inc.reason:
                 return "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build."
             return "Read the evidence lines: the draft model did not load."
@@ -80,6 +85,10 @@ def for_incident(inc: Incident, run: Run) -> str:
                 return "Add --spec-type draft-simple (llama.cpp b9464+ no longer enables the draft from -md alone)."
             return "Reload with the draft (or fix the draft failure above) before serving; this server is slower."
         case "spec_unsupported":
+            if "batched MLX" in inc.reason:
+                return ("LM Studio's MLX engine gives a draft only to unbatched models: set Max Concurrent "
+                        "Predictions to 1 explicitly (MLX runtimes from Feb 2026 on; update the runtime), or use "
+                        "the model's GGUF (llama.cpp engine) with the draft.")
             return "Use a target whose context supports speculation, or drop the draft to free its memory."
         case "draft_incompatible":
             return ("Pick a draft from the same model family and tokenizer as the target "

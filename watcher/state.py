@@ -486,13 +486,14 @@ class Stream:
 
     def _on_draft_load_failed(self, run: Run, ev: Event) -> None:
         run.draft_model = run.draft_model or ev.get("model")
+        run.spec_requested = True  # a draft was asked for, whether or not its loading line was seen
         inc = run.incidents.get("draft_load_failed")
         if inc is not None and ln_close(inc.last_line, ev.record.lineno):
             # The same failure reported again up the call chain (speculative init, then the server's load_model).
             inc.add_evidence(ev.record.lineno, ev.record.text)
             self._changed(inc)
             return
-        inc = self._incident(run, "draft_load_failed", ev, reason=_load_reason(run))
+        inc = self._incident(run, "draft_load_failed", ev, reason=_load_reason(run, ev.get("reason")))
         self._attach_errors(run, inc)
 
     def _on_model_load_failed(self, run: Run, ev: Event) -> None:
@@ -588,10 +589,20 @@ class Stream:
         self._incident(run, "spec_disabled", ev, reason="a draft was requested but no draft model is loaded")
 
     def _on_host_draft_failed(self, run: Run, ev: Event) -> None:
-        reason = ev.get("reason") or "the host failed to load the draft"
-        kind = "spec_unsupported" if "not supported" in reason.lower() else "draft_load_failed"
+        # koboldcpp's own line names no cause: llama.cpp's "error loading model: ..." just before it does.
+        cause = next((e.get("reason") for e in reversed(run.recent_errors)
+                      if e.type == "model_file_error" and e.get("reason")), None)
+        reason = ev.get("reason") or (f"error loading model: {cause}" if cause else "the host failed to load the draft")
+        low = reason.lower()
+        # MLX engine (through LM Studio): SpeculativeDecodingNotSupportedError for batched models, and
+        # ValueError "Draft model is not compatible with main model" for a vocabulary-size mismatch.
+        kind = ("spec_unsupported" if "not supported" in low
+                else "draft_incompatible" if "not compatible" in low else "draft_load_failed")
+        run.spec_requested = True
+        run.draft_model = run.draft_model or ev.get("model")
         inc = self._incident(run, kind, ev, reason=reason)
         inc.server_state = "serving_without_speculation"
+        self._attach_errors(run, inc)
 
     # -- handlers: serving ----------------------------------------------------------------------
     def _on_task_timing(self, run: Run, ev: Event) -> None:
@@ -856,12 +867,15 @@ _INDEX_ERRORS = ("invalid vector subscript", "_m_range_check")
 INDEX_ERROR = "index error in llama.cpp's loader, not a file error"
 
 
-def _load_reason(run: Run) -> str:
-    text = " ".join(e.record.text.lower() for e in run.recent_errors)
+def _load_reason(run: Run, quoted: str | None = None) -> str:
+    text = " ".join([*(e.record.text.lower() for e in run.recent_errors), (quoted or "").lower()])
     if run.ledger.failures and run.ledger.failures[-1].role == "draft":
         return "out of memory"
     if "no such file" in text or "failed to open" in text or "not found" in text:
         return "file not found"
+    if "unknown model architecture" in text:
+        # A draft head (gemma4-assistant, ...) or a newer family than this build (or its host) knows.
+        return "unknown model architecture: " + text.split("unknown model architecture:", 1)[1].split()[0]
     if any(w in text for w in _INDEX_ERRORS):
         # A C++ container index check failed inside llama.cpp's loader (the same file loads on its own).
         return INDEX_ERROR
