@@ -4,6 +4,7 @@ and the annotated corpus in tests/corpus (fail2ban-style ``# expect:`` lines).""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,13 @@ def test_every_pattern_is_exercised_by_corpus_or_examples() -> None:
     hit |= {pid for _, _, _, line in CASES if (pid := _classify(line)[0])}
     missing = [p.id for p in CATALOGUE.patterns if p.id not in hit]
     assert not missing, missing
+
+
+def test_the_documented_catalogue_size_is_the_real_one() -> None:
+    """docs/catalogue.md states how many patterns, files and anchors the catalogue has: the numbers are true."""
+    doc = (Path(__file__).parent.parent / "docs" / "catalogue.md").read_text()
+    patterns, files = map(int, re.search(r"\((\d+) patterns in (\d+) files\)", doc).groups())  # type: ignore[union-attr]
+    anchors = int(re.search(r"(\d+) distinct anchors today", doc).group(1))  # type: ignore[union-attr]
+    assert patterns == len(CATALOGUE.patterns)
+    assert files == len(list(cat.default_dir().glob("*.toml")))
+    assert anchors == len(LineSelector(CATALOGUE.anchors).anchors)
