@@ -138,8 +138,10 @@ def test_ack_waits_for_a_repeat_another_process_is_sending(receiver: Receiver, s
     ob.mark_sent([r.id for r in ob.claim([target], "elsewhere:1", now, 60)], "elsewhere:1", now)
     ob.enqueue([(target, url)], incident().key, 1, "repeat", "critical", now, seq=1)
     assert [r.kind for r in ob.claim([target], "elsewhere:1", now, 60)] == ["repeat"]  # in flight elsewhere
-    ob.acknowledge(None, "", now)
+    acked = ob.acknowledge(None, "", now)
     assert ob.claim([target], "here:2", now, 60) == []  # the ack goes out after the repeat
+    # Nor when `specwatch ack` sends just its own rows at once.
+    assert ob.claim([target], "here:2", now, 60, only=[r[0] for r in acked.rows]) == []
     ob.mark_sent([r[0] for r in ob.pending() if r[3] == "repeat"], "elsewhere:1", now)
     assert [r.kind for r in ob.claim([target], "here:2", now, 60)] == ["acknowledged"]
 
@@ -197,3 +199,28 @@ def test_watch_from_start_after_ack_leaves_it_acknowledged(tmp_path: Path) -> No
     status = cli("status")
     assert status.status == 0 and "acknowledged" in status.out
     assert [k for (k,) in db.execute("SELECT kind FROM outbox")] == ["opened"]
+
+
+def test_scan_of_stdin_is_a_new_occurrence_each_time() -> None:
+    """'scan -' reads a stream once, like pipe mode: the same failure piped in again after an ack reopens it."""
+    url = "json://127.0.0.1:9/"
+    data = RANGE_CHECK.read_bytes()
+    cli("scan", "--notify", url, "-", stdin=data)
+    assert "acknowledged" in cli("ack", "--all").out
+    cli("scan", "--notify", url, "-", stdin=data)
+    assert cli("status").status == 1
+
+
+def test_a_recorder_that_cannot_start_is_reported_not_fatal(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the recorder cannot open its outbox it says so once, keeps draining, and closing does not hang."""
+    def broken(store: Store) -> Outbox:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr("watcher.notify.sink.Outbox", broken)
+    env, _, err = make_env({})
+    sink = StoreSink(state / "specwatch.db", [], FAST, env, exit_grace=0.0)
+    for n in range(3):
+        sink.incident(incident(n), "opened")
+    sink.close()
+    assert not sink.recorder.is_alive()
+    assert err.getvalue().count("incidents are not recorded or notified: disk I/O error") == 1

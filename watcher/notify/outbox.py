@@ -249,9 +249,12 @@ class Outbox:
                 f"FROM outbox WHERE target IN ({marks}){among} AND ((state = 'pending' AND due <= ?) "
                 f"OR state = 'sending') ORDER BY id", (*targets, *ids, now)).fetchall()
             # (target, incident) pairs another live process is sending a row of: their other rows wait for it.
-            busy = {(target, incident) for _, target, incident, *_, state, lease_owner, lease_until in rows
-                    if state == "sending" and lease_owner != owner and (lease_until or 0) > now
-                    and _alive(lease_owner)}
+            # Looked up over every row, not only ``only``'s: an ack sent at once must not overtake a row in flight.
+            sending = c.execute(
+                f"SELECT target, incident, lease_owner, lease_until FROM outbox WHERE target IN ({marks}) "  # noqa: S608
+                f"AND state = 'sending' AND lease_owner != ?", (*targets, owner)).fetchall()
+            busy = {(target, incident) for target, incident, lease_owner, lease_until in sending
+                    if (lease_until or 0) > now and _alive(lease_owner)}
             taken = []
             for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, _lease_until in rows:
                 if (target, incident) in busy:

@@ -68,12 +68,18 @@ class StoreSink:
         self.queue.put((inc.as_dict(), change, self.env.clock()))
 
     def _record_loop(self) -> None:
-        store = Store.open(self.db_path)
-        outbox = Outbox(store)
-        if self.targets:
-            # apprise and the plugins load only for someone to notify: without targets the store alone is kept
-            # (apprise is a third of pipe mode's CPU on a 32 MiB log).
-            contract.load_plugins()
+        try:
+            store = Store.open(self.db_path)
+            outbox = Outbox(store)
+            if self.targets:
+                # apprise and the plugins load only for someone to notify: without targets the store alone is
+                # kept (apprise is a third of pipe mode's CPU on a 32 MiB log).
+                contract.load_plugins()
+        except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
+            self._log(f"specwatch: incidents are not recorded or notified: {exc}")
+            while self.queue.get() is not None:
+                pass
+            return
         try:
             while True:
                 item = self.queue.get()
@@ -150,8 +156,9 @@ def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> Store
     if getattr(args, "command", None) == "scan" and not getattr(args, "notify", None):
         return None
     try:
-        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env,
-                         rereadable=getattr(args, "command", None) in REREADABLE)
+        # ``scan -`` reads stdin: a stream, read once, like pipe mode.
+        rereadable = getattr(args, "command", None) in REREADABLE and "-" not in (getattr(args, "files", None) or [])
+        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env, rereadable=rereadable)
     except OSError as exc:
         raise UsageError(f"state dir: {exc}") from exc
 
