@@ -293,6 +293,20 @@ def test_ignore_older_keeps_old_files_closed_then_resumes(tmp_path: Path, store:
     assert rec.numbers() == [2]
 
 
+def test_a_dormant_file_written_again_keeps_absolute_line_numbers(tmp_path: Path, store: Checkpoints) -> None:
+    """An old file first seen dormant and written later is numbered as a scan of the whole file would be."""
+    old = tmp_path / "old.log"
+    old.write_bytes(filler(1) * 500 + failure(1))
+    os.utime(old, (1_000_000, 1_000_000))
+    lines: list[int] = []
+    f = Follower(specs([tmp_path]), lambda source: Analyzer(CATALOGUE, source=source, on_event=lambda ev: lines.append(
+        ev.record.lineno)), checkpoints=store, ignore_older=86400.0)
+    f.step()
+    append(old, failure(2))
+    f.step()
+    assert lines == [502]
+
+
 def test_glob_source(tmp_path: Path) -> None:
     """A glob follows every matching file, including ones created later."""
     (tmp_path / "x").mkdir()

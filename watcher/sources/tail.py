@@ -262,7 +262,9 @@ class Follower:
             return
         try:
             st = os.fstat(fd)
-            self.checkpoints.save([Checkpoint(f"file:{path}", identity(fd, st), st.st_size, 0)])
+            # Counted once, so a later write is numbered as a scan of the whole file would number it.
+            lines = count_lines(fd, st.st_size)
+            self.checkpoints.save([Checkpoint(f"file:{path}", identity(fd, st), st.st_size, lines)])
         finally:
             os.close(fd)
 
