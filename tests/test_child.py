@@ -198,3 +198,13 @@ def test_summary_starts_a_new_line_after_an_unfinished_last_line(tmp_path: Path)
     assert _run(env, "--", sys.executable, "-c", "import sys; sys.stdout.write('no newline')") == 0
     assert out.getvalue() == b"no newline"
     assert err.getvalue() == "\nspecwatch: no open incidents\n"
+
+
+def test_child_stderr_bytes_pass_through_undecoded(tmp_path: Path) -> None:
+    """A UTF-8 character split across two writes and invalid bytes reach specwatch's stderr byte for byte."""
+    child = "printf 'x\\342\\202' >&2; sleep 0.3; printf '\\254y \\377\\n' >&2"
+    r = subprocess.run([sys.executable, "-m", "watcher", "run", "--no-summary", "--", "sh", "-c", child],
+                       env={**os.environ, "SPECWATCH_STATE_DIR": str(tmp_path)}, capture_output=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0
+    assert r.stderr == b"x\xe2\x82\xacy \xff\n"

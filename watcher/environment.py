@@ -48,6 +48,14 @@ class QuietText(io.TextIOBase):
         """The real stream's descriptor (for a child process to inherit)."""
         return self.inner.fileno()
 
+    @property
+    def buffer(self) -> BinaryIO:
+        """The real stream's bytes, for a supervised server's stderr to pass through undecoded."""
+        inner = getattr(self.inner, "buffer", None)
+        if inner is None:
+            raise AttributeError("buffer")
+        return cast(BinaryIO, inner)
+
 
 def _devnull(mode: str) -> TextIO:
     # A stream the shell closed (``>&-``): Python gives None; use /dev/null so nothing else lands on that fd.

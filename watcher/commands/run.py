@@ -82,10 +82,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if args.on_spec_failure == "exit":
         ctx.sinks.append(stopper)
     disp = dispatcher(ctx, env)
-    for sink in ctx.sinks:  # sinks that also produce incidents (the --probe poller) need the dispatcher
-        attach = getattr(sink, "attach", None)
-        if attach is not None:
-            attach(disp)
     source = args.source or argv[0].rsplit("/", 1)[-1]
     spec = spec_args(argv)
     analyzer = Analyzer(ctx.catalogue, source=source, settings=ctx.settings, on_incident=disp.changed)
