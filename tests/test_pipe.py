@@ -321,3 +321,57 @@ def test_without_targets_apprise_is_never_loaded(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(SEED), str(tmp_path)], env=ENV, capture_output=True,
                        text=True, timeout=60, check=False)
     assert r.stdout.split() == ["True", "False"], r.stdout + r.stderr
+
+
+def test_a_failed_write_does_not_count_as_output(tmp_path) -> None:
+    """Bytes that never went out do not decide where the summary starts."""
+    r, w = os.pipe()
+    os.close(r)
+    with os.fdopen(w, "wb") as fh:
+        out = pipe.Passthrough(fh)
+        out.write(b"no newline")
+        assert out.broken and out.last == b""
+
+
+def test_a_watcher_that_fails_to_start_closes_what_it_started(monkeypatch) -> None:
+    """When the analysis cannot start, the metrics endpoint already listening is closed, and bytes still flow."""
+    import socket
+
+    from watcher import metrics
+    from watcher.commands import pipe as pipe_command
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("analyzer broke")
+
+    started: list[tuple[str, int]] = []
+    real_start = metrics.start
+
+    def spy(host: str, port: int) -> metrics.MetricsSink:
+        sink = real_start(host, port)
+        assert sink.address is not None
+        started.append(sink.address)
+        return sink
+
+    monkeypatch.setattr(metrics, "start", spy)
+    monkeypatch.setattr(pipe_command, "Analyzer", broken)
+    r = cli("--metrics-listen", "127.0.0.1:0", stdin=b"hello\n")
+    assert r.stdout == b"hello\n" and "not watching" in r.stderr
+    with socket.socket() as s:
+        assert s.connect_ex(started[0]) != 0
+
+
+def test_a_stuck_analysis_does_not_keep_specwatch_from_exiting(monkeypatch) -> None:
+    """If the analysis never finishes (its stderr blocked), specwatch still exits once all input is copied."""
+    import threading
+
+    from watcher.commands import pipe as pipe_command
+    from watcher.pipeline import Analyzer
+
+    release = threading.Event()
+    monkeypatch.setattr(pipe_command, "CLOSE_WAIT", 0.5)
+    monkeypatch.setattr(Analyzer, "finish", lambda self: release.wait(30))
+    try:
+        r = cli(stdin=SEED.read_bytes())
+    finally:
+        release.set()
+    assert r.status == 0 and r.stdout == SEED.read_bytes()

@@ -55,23 +55,24 @@ class Passthrough:
         """Write all of ``data`` (handling short writes), or nothing once stdout has failed."""
         if self.broken:
             return
-        if data:
-            self.last = data[-1:]
         try:
             if self.fd is None:
                 self.out.write(data)
                 self.out.flush()
-                return
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(self.fd, view)
-                except BlockingIOError:
-                    select.select([], [self.fd], [])
-                    continue
-                view = view[n:]
+            else:
+                view = memoryview(data)
+                while view:
+                    try:
+                        n = os.write(self.fd, view)
+                    except BlockingIOError:
+                        select.select([], [self.fd], [])
+                        continue
+                    view = view[n:]
         except (OSError, ValueError) as exc:
             self._break(exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc)))
+            return
+        if data:
+            self.last = data[-1:]  # only what really went out decides where the summary starts
 
     def _break(self, exc: OSError) -> None:
         self.broken = True
@@ -167,10 +168,11 @@ class SideAnalysis:
             return
         self._q.put(chunk)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish the backlog, then the analysis."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish the backlog, then the analysis; False if it was still running after ``timeout``."""
         self._q.put(None)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        description="'patterns' lists the catalogue; 'patterns test FILE' shows which lines match "
                                    "which pattern and which relevant-looking lines match none.")
     _common_options(p)
-    p.set_defaults(handler=run, action="list")
+    p.set_defaults(handler=run)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     ls = actions.add_parser("list", help="list every pattern (default)")
     _common_options(ls)

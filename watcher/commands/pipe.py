@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from watcher import metrics, report
 from watcher.commands._common import Context, build_context, dispatcher, incidents_at_exit
@@ -11,6 +12,9 @@ from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
 from watcher.pipeline import Analyzer
+
+#: Seconds the analysis gets, after the input ended, to finish its backlog.
+CLOSE_WAIT = 30.0
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
@@ -32,10 +36,16 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         disp, analyzer, side = _start(args, ctx, env)
     except Exception as exc:  # noqa: BLE001 - a sink or the analyzer failing to start must not stop the copy
         env.stderr.write(f"specwatch: not watching: {exc!r}\n")
+        for sink in ctx.sinks:  # a --probe poller or the metrics endpoint must not outlive "not watching"
+            with contextlib.suppress(Exception):
+                sink.close()
         pump(read, out, None)
         return ExitStatus.USAGE
     pump(read, out, side, wait=is_regular_file(env.stdin))
-    side.close()
+    if not side.close(timeout=CLOSE_WAIT):
+        # The analysis is stuck (a sink blocked on a stderr nobody reads): the copy is complete, so exit
+        # rather than hang; the summary would block on the same stderr.
+        return ExitStatus.OK
     disp.close()
     incidents = incidents_at_exit(analyzer.incidents(), disp)
     if not args.quiet_summary:
