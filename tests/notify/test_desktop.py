@@ -62,11 +62,11 @@ def session(tmp_path: Path) -> Iterator[dict[str, str]]:
                                                      check=False).stdout)
     old = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
     os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
-    desktop._client = None
+    desktop.reset()
     try:
         yield env
     finally:
-        desktop._client = None
+        desktop.reset()  # before the bus goes away, so no receiver thread is left reading a dead socket
         if old is None:
             os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
         else:

@@ -102,6 +102,12 @@ class FreedesktopClient:
                         ack(ids, "acknowledged from the desktop notification")
                     self._close(int(nid))
 
+    def close(self) -> None:
+        """Stop hearing the bus and close the connection (before the bus itself goes away)."""
+        with contextlib.suppress(Exception):
+            self.router.close()
+            self.router.conn.close()
+
     def _close(self, nid: int) -> None:
         from jeepney import new_method_call
 
@@ -120,6 +126,15 @@ def client() -> FreedesktopClient:
         if _client is None:
             _client = FreedesktopClient()
         return _client
+
+
+def reset() -> None:
+    """Close the process-wide client; the next notification connects again (to whatever bus is current)."""
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+        _client = None
 
 
 def _markup(body: str) -> str:
