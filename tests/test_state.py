@@ -25,7 +25,7 @@ SRV_CTX = ("0.03.621.529 E srv    load_model: failed to create context with mode
 LOAD_TARGET = "srv    load_model: loading model '/models/gemma-4-26B-A4B-it-Q4_K_M.gguf'"
 LOAD_DRAFT = "srv    load_model: loading draft model '/models/qwen3-0.6b-q8_0.gguf'"
 MTP_CREATE = ("0.00.056.143 I common_speculative_init_result: creating MTP draft context against the target model "
-              "'/tmp/specwatch-engine-models/target.gguf'")
+              "'/models/target.gguf'")
 NO_MTP = "0.00.056.195 W llama_init_from_model: context type MTP requested but model doesn't contain MTP layers"
 MTP_FAILED = "0.00.056.229 E common_speculative_init_result: failed to create MTP context"
 FIT_START = ("common_init_result: fitting params to device memory, for bugs during this step try to reproduce them "
@@ -132,7 +132,7 @@ def test_spec_batch_failure_with_a_head_hints_at_mtp(cat: Catalogue) -> None:
 
 def test_mtp_unavailable_gives_the_reason_of_the_mtp_failure(cat: Catalogue) -> None:
     """Engine b11549: 'doesn't contain MTP layers' then 'failed to create MTP context': one incident saying why."""
-    a = feed(cat, "0.00.003.418 I srv    load_model: loading model '/tmp/specwatch-engine-models/target.gguf'",
+    a = feed(cat, "0.00.003.418 I srv    load_model: loading model '/models/target.gguf'",
              MTP_CREATE, NO_MTP, MTP_FAILED, "0.00.056.260 E srv    load_model: failed to create MTP context",
              "0.00.060.043 E srv          init: exiting due to model loading error")
     inc = only(a)
@@ -262,10 +262,10 @@ def test_unmeasured_draft_is_not_blamed_for_a_missing_file(cat: Catalogue) -> No
     """Engine draft-missing: the same fit warning before a draft that does not exist adds nothing to it."""
     a = feed(cat, "0.00.004.516 W operator(): failed to measure the memory of the extra model, fitting without it: "
                   "failed to load model",
-             "srv    load_model: loading draft model '/tmp/specwatch-engine-models/missing.gguf'",
+             "srv    load_model: loading draft model '/models/missing.gguf'",
              "llama_model_load: error loading model: llama_model_loader: failed to load model from "
-             "/tmp/specwatch-engine-models/missing.gguf",
-             "srv    load_model: failed to load draft model, '/tmp/specwatch-engine-models/missing.gguf'")
+             "/models/missing.gguf",
+             "srv    load_model: failed to load draft model, '/models/missing.gguf'")
     inc = only(a)
     assert inc.kind == "draft_load_failed"
     assert 1 not in [e.lineno for e in inc.evidence]

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             run = harness.run_scenario(scenario, models, verbosity)
             outcome = harness.measured_outcome(run, scenario)
             stem = f"{name}-{verbosity}"
-            (args.out / f"{stem}.log").write_bytes(run.log)
+            log = harness.show_models(run.log.decode("utf-8", "surrogateescape"), model_dir).encode(
+                "utf-8", "surrogateescape")
+            (args.out / f"{stem}.log").write_bytes(log)
             summary = harness.result_summary(run, scenario)
             meta = {
                 "scenario": name,
@@ -82,19 +84,20 @@ def main(argv: list[str] | None = None) -> int:
                 "accepted_tokens": run.accepted_tokens,
                 "responses": run.responses,
                 "duration_s": run.duration_s,
-                "log_bytes": len(run.log),
-                "log_sha256": hashlib.sha256(run.log).hexdigest(),
+                "log_bytes": len(log),
+                "log_sha256": hashlib.sha256(log).hexdigest(),
                 "what_the_log_shows": scenario.log_note,
             }
-            (args.out / f"{stem}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            shown = harness.show_models(json.dumps(meta, indent=2), model_dir)
+            (args.out / f"{stem}.meta.json").write_text(shown + "\n")
             flag = ""
             if outcome != scenario.expected:
                 flag = f"  <-- expected {scenario.expected}"
                 problems += 1
-            if len(run.log) > MAX_LOG_BYTES:
-                flag += f"  <-- log is {len(run.log)} bytes"
+            if len(log) > MAX_LOG_BYTES:
+                flag += f"  <-- log is {len(log)} bytes"
                 problems += 1
-            print(f"{stem:45s} exit={run.exit_code!s:4s} {outcome:22s} {len(run.log):7d} B{flag}")
+            print(f"{stem:45s} exit={run.exit_code!s:4s} {outcome:22s} {len(log):7d} B{flag}")
     return 1 if problems else 0
 
 

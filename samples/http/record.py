@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from tests.engine.harness import SCENARIOS, _set_param, build_models  # noqa: E402
+from tests.engine.harness import SCENARIOS, _set_param, build_models, show_models  # noqa: E402
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -43,7 +44,8 @@ def record(name: str, models_dir: Path) -> None:
     def snap(tag: str) -> None:
         for ep in ("props", "slots", "metrics"):
             status, ctype, body = get(f"{base}/{ep}")
-            (out / f"{tag}.{ep}").write_text(json.dumps({"status": status, "content_type": ctype, "body": body}, indent=1))
+            record = json.dumps({"status": status, "content_type": ctype, "body": body}, indent=1)
+            (out / f"{tag}.{ep}").write_text(show_models(record, models_dir))
 
     snap("idle")
     for prompt in ("the quick brown fox", "a b c d e f"):
@@ -57,6 +59,6 @@ def record(name: str, models_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    d = Path("/tmp/specwatch-engine-models")
+    d = Path(tempfile.gettempdir()) / "specwatch-engine-models"
     for n in sys.argv[1:] or ["spec-working", "draft-without-spec-type"]:
         record(n, d)

@@ -304,6 +304,16 @@ class ModelSet:
 TARGET_SEED = 1234
 
 
+#: The model directory as recorded samples show it: the real one is a temporary directory of the machine
+#: that made them, which has no place in the repository.
+MODELS_SHOWN = "/models"
+
+
+def show_models(text: str, directory: Path) -> str:
+    """``text`` with the models' real directory replaced by MODELS_SHOWN, for recorded samples."""
+    return text.replace(str(directory), MODELS_SHOWN)
+
+
 def build_models(directory: Path) -> ModelSet:
     """Generate every model the scenarios need into ``directory`` (about 2 MB in all)."""
     directory.mkdir(parents=True, exist_ok=True)
