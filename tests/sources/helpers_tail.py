@@ -28,6 +28,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, int]] = []
+        self.lines: list[int] = []  # the line number of each recognised failure
         self.errors: list[tuple[str, str]] = []
         self.notices: list[tuple[str, str]] = []
 
@@ -36,6 +37,7 @@ class Recorder:
             model = ev.get("model")
             if ev.type == "draft_load_failed" and model:
                 self.seen.append((source, int(Path(model).stem[1:])))
+                self.lines.append(ev.record.lineno)
 
         return Analyzer(CATALOGUE, source=source, on_event=on_event)
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from watcher.checkpoints import Checkpoints
-from watcher.pipeline import Analyzer
-from watcher.sources.tail import ROTATE_WAIT, Follower, run_loop, specs
+from watcher.sources.tail import ROTATE_WAIT, run_loop
 
-from .helpers_tail import CATALOGUE, Recorder, append, failure, filler
+from .helpers_tail import Recorder, append, failure, filler
 
 
 @pytest.fixture
@@ -298,13 +297,12 @@ def test_a_dormant_file_written_again_keeps_absolute_line_numbers(tmp_path: Path
     old = tmp_path / "old.log"
     old.write_bytes(filler(1) * 500 + failure(1))
     os.utime(old, (1_000_000, 1_000_000))
-    lines: list[int] = []
-    f = Follower(specs([tmp_path]), lambda source: Analyzer(CATALOGUE, source=source, on_event=lambda ev: lines.append(
-        ev.record.lineno)), checkpoints=store, ignore_older=86400.0)
+    rec = Recorder()
+    f = rec.follower([tmp_path], store, ignore_older=86400.0)
     f.step()
     append(old, failure(2))
     f.step()
-    assert lines == [502]
+    assert rec.lines == [502]
 
 
 def test_glob_source(tmp_path: Path) -> None:
@@ -353,10 +351,9 @@ def test_line_numbers_count_the_skipped_history(tmp_path: Path) -> None:
     """Starting at EOF skips the history's events but not its lines: numbers match a scan of the whole file."""
     log = tmp_path / "a.log"
     log.write_bytes(filler(1) * 1000 + failure(1))
-    lines: list[int] = []
-    follower = Follower(specs([log]), lambda source: Analyzer(CATALOGUE, source=source,
-                                                             on_event=lambda ev: lines.append(ev.record.lineno)))
+    rec = Recorder()
+    follower = rec.follower([log])
     follower.step()
     append(log, filler(2) + failure(2))
     follower.step()
-    assert lines == [1003]
+    assert rec.lines == [1003]
