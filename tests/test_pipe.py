@@ -163,10 +163,13 @@ class _SlowAnalyzer:
 
 
 class TestBacklog:
+    said: list[str]
+
     def _run(self, monkeypatch, wait: bool) -> tuple[SideAnalysis, _SlowAnalyzer, bytes]:
         monkeypatch.setattr(pipe, "MAX_BACKLOG", 4096)
         analyzer = _SlowAnalyzer()
-        side = SideAnalysis(analyzer, lambda: None, lambda n: None, lambda e: None)  # type: ignore[arg-type]
+        self.said = []
+        side = SideAnalysis(analyzer, lambda: None, self.said.append)  # type: ignore[arg-type]
         chunks = [bytes([65 + i % 26]) * 1024 + b"\n" for i in range(40)]
         for c in chunks:
             side.put(c, wait)
@@ -185,6 +188,7 @@ class TestBacklog:
         side, analyzer, data = self._run(monkeypatch, wait=False)
         assert side.skipped > 0
         assert sum(map(len, analyzer.fed)) + side.skipped == len(data)
+        assert self.said == ["specwatch: analysis fell behind; skipping input (output is unaffected)\n"]
 
     def test_queued_chunks_are_analysed_together(self, monkeypatch) -> None:
         """Chunks that pile up while the analysis is busy reach it as fewer, larger pieces."""
@@ -218,7 +222,7 @@ def test_a_stuck_analysis_does_not_stop_the_copy_of_a_file(monkeypatch) -> None:
             self.fed.append(chunk)
 
     analyzer = Stuck()
-    side = SideAnalysis(analyzer, lambda: None, lambda n: None, lambda e: None)  # type: ignore[arg-type]
+    side = SideAnalysis(analyzer, lambda: None, lambda text: None)  # type: ignore[arg-type]
     for _ in range(20):
         side.put(b"x" * 1024 + b"\n", wait=True)
     assert side.skipped > 0

@@ -122,14 +122,16 @@ def reader(stream: BinaryIO) -> Callable[[], bytes]:
 
 
 class SideAnalysis:
-    """Runs an analyzer in a thread fed through a bounded backlog; ``tick`` runs on idle."""
+    """Runs an analyzer in a thread fed through a bounded backlog; ``tick`` runs on idle.
 
-    def __init__(self, analyzer: Analyzer, tick: Callable[[], None], on_skip: Callable[[int], None],
-                 on_error: Callable[[BaseException], None], idle: float = 0.25) -> None:
+    ``say`` gets the one-line notices for the person watching: the first skip, and an analysis that died.
+    """
+
+    def __init__(self, analyzer: Analyzer, tick: Callable[[], None], say: Callable[[str], object],
+                 idle: float = 0.25) -> None:
         self.analyzer = analyzer
         self.tick = tick
-        self.on_skip = on_skip
-        self.on_error = on_error
+        self.say = say
         self.idle = idle
         self._q: queue.Queue[bytes | None] = queue.Queue()
         self._backlog = 0
@@ -164,7 +166,8 @@ class SideAnalysis:
                 self._backlog += len(chunk)
                 skipped = False
         if skipped:
-            self.on_skip(len(chunk))
+            if self.skipped == len(chunk):  # the first skip: once is enough to know
+                self.say("specwatch: analysis fell behind; skipping input (output is unaffected)\n")
             return
         self._q.put(chunk)
 
@@ -210,7 +213,7 @@ class SideAnalysis:
             with self._lock:
                 self.failed = True
                 self._drained.notify_all()
-            self.on_error(exc)
+            self.say(f"specwatch: analysis stopped by an internal error ({exc!r}); output is unaffected\n")
 
 
 def pump(read: Callable[[], bytes], out: Passthrough, side: SideAnalysis | None, wait: bool = False) -> int:

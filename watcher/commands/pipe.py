@@ -62,17 +62,7 @@ def _start(args: argparse.Namespace, ctx: Context, env: Environment) -> tuple[Di
     analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
                         on_event=disp.event, on_incident=disp.changed)
     metrics.register(analyzer)
-    warned: list[int] = []
-
-    def on_skip(n: int) -> None:
-        if not warned:
-            warned.append(n)
-            env.stderr.write("specwatch: analysis fell behind; skipping input (output is unaffected)\n")
-
-    def on_error(exc: BaseException) -> None:
-        env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); output is unaffected\n")
-
-    return disp, analyzer, SideAnalysis(analyzer, disp.tick, on_skip, on_error)
+    return disp, analyzer, SideAnalysis(analyzer, disp.tick, env.stderr.write)
 
 
 def add_pipe_options(p: argparse.ArgumentParser) -> None:

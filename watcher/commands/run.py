@@ -97,14 +97,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         expect.check()
         disp.tick()
 
-    def on_skip(_n: int) -> None:
-        env.stderr.write("specwatch: analysis fell behind; skipping input (output is unaffected)\n")
-
-    def on_error(exc: BaseException) -> None:
-        env.stderr.write(f"specwatch: analysis stopped by an internal error ({exc!r}); "
-                         "output is unaffected\n")
-
-    side = SideAnalysis(analyzer, tick, on_skip, on_error)
+    side = SideAnalysis(analyzer, tick, env.stderr.write)
     err_bin: BinaryIO = getattr(env.stderr, "buffer", None) or _Binary(env.stderr)  # type: ignore[assignment]
     out, err = Passthrough(env.stdout), Passthrough(err_bin)
     try:
