@@ -74,6 +74,11 @@ class Passthrough:
         if data:
             self.last = data[-1:]  # only what really went out decides where the summary starts
 
+    @property
+    def mid_line(self) -> bool:
+        """Whether what went out ends inside a line (a summary written now must start a new one)."""
+        return self.last not in (b"", b"\n")
+
     def _break(self, exc: OSError) -> None:
         self.broken = True
         if self.on_break is not None and exc.errno not in (errno.EPIPE, errno.EBADF):

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     incidents = incidents_at_exit(analyzer.incidents(), disp)
     if not args.quiet_summary:
         # The server's last line may have had no newline: the summary starts on a line of its own.
-        lead = "\n" if out.last not in (b"", b"\n") else ""
+        lead = "\n" if out.mid_line else ""
         env.stderr.write(lead + report.summary(incidents, env.colour))
     if args.exit_status and any(i.status == "open" for i in incidents):
         return ExitStatus.INCIDENTS

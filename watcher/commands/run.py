@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     expect.check(final=True)
     disp.close()
     if not args.quiet_summary:
-        lead = "\n" if err.last not in (b"", b"\n") or out.last not in (b"", b"\n") else ""
+        lead = "\n" if err.mid_line or out.mid_line else ""
         env.stderr.write(lead + report.summary(incidents_at_exit(analyzer.incidents(), disp), env.colour))
     if stopped:
         env.stderr.write(f"specwatch: stopped {argv[0]} (pid {child.pid}): {stopper.reason}\n")
