@@ -155,7 +155,7 @@ def test_lines_before_any_model_stay_unattributed() -> None:
     a = analyse([*KV_OOM, start, *WORKING])
     s = a.stream
     assert isinstance(s, SwapStream)
-    assert s.model_of(s.default) is None
+    assert s.default not in s.models.values()
     assert [r.source for r in s.runs] == ["swap.log", "swap.log <B>"]
     [inc] = a.incidents()
     assert "swap_model" not in inc.extra and inc.kind == "draft_context_failed"

@@ -107,10 +107,6 @@ class SwapStream(Stream):
             stream.finish()
             self._mirror(stream)
 
-    def model_of(self, stream: Stream) -> str | None:
-        """The llama-swap model id a stream belongs to, if it is known."""
-        return self._names.get(stream)
-
     # -- llama-swap's lines -----------------------------------------------------------------------
     def _swap_event(self, ev: Event) -> None:
         t, model, port = ev.type, ev.get("swap_model"), ev.get("port")
