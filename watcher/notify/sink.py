@@ -53,7 +53,8 @@ class StoreSink:
         self.exit_grace = exit_grace
         self.queue: queue.Queue[tuple[dict[str, Any], str, float] | None] = queue.Queue()
         self.worker = Worker(db_path, targets, settings, env.clock, self._log) if targets else None
-        Store.open(db_path).close()  # fail now (bad state dir) rather than in the thread
+        # Opened here so a bad state dir fails now, not in the thread; from now on only the recorder uses it.
+        self._store = Store.open(db_path)
         self.recorder = threading.Thread(target=self._record_loop, name="specwatch-store", daemon=True)
         self.recorder.start()
         if self.worker is not None:
@@ -68,8 +69,8 @@ class StoreSink:
         self.queue.put((inc.as_dict(), change, self.env.clock()))
 
     def _record_loop(self) -> None:
+        store = self._store
         try:
-            store = Store.open(self.db_path)
             outbox = Outbox(store)
             if self.targets:
                 # apprise and the plugins load only for someone to notify: without targets the store alone is
@@ -77,6 +78,7 @@ class StoreSink:
                 contract.load_plugins()
         except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
             self._log(f"specwatch: incidents are not recorded or notified: {exc}")
+            store.close()
             while self.queue.get() is not None:
                 pass
             return
