@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -38,19 +39,55 @@ import gguf
 import numpy as np
 
 # --- engine identity ------------------------------------------------------------
-# The wheel is pinned in tests/engine/requirements.txt. xllamacpp versions are
-# YYYY.M.<llama.cpp build>, so 2026.10.11549 embeds llama.cpp b11549. The wheel's own
-# BUILD_INFO reports build_number 0 / commit "unknown" (the vendored tree is built
-# outside git), so the build number below is derived from the version scheme.
+# xllamacpp versions are YYYY.M.<llama.cpp build> since 2026.4 (2026.10.11549 embeds llama.cpp
+# b11549); the 0.2.x series of 2025 prints its build in BUILD_INFO (0.2.6 = b7079). The newer
+# wheels report build_number 0 / commit "unknown" (built outside git), so the build number is
+# taken from the version scheme.
 ENGINE_PACKAGE = "xllamacpp"
-ENGINE_VERSION = "2026.10.11549"
-LLAMA_CPP_BUILD = "b11549"
 
-# llama.cpp's verbosity thresholds since b9151: ERR 1, WRN 2, INF 3 (default), TRC 4,
-# DBG 5. The server default is 3; "-lv 4" (TRC) is where the spec-init, slot and
-# memory-ledger lines reappear, so it is our "verbose" level. -v would be INT_MAX
-# (DBG included), which makes per-token logs far too large for committed samples.
-VERBOSITY: dict[str, int] = {"default": 3, "verbose": 4}
+
+#: b7079 to b10229 fail a /completion whose output is invalid UTF-8 (the chat parser's "Failed to parse
+#: input at pos 0", HTTP 500; b7079's in-process JSON encoder raises). Random-weight models emit lone
+#: byte tokens, so on those builds requests ban the non-ASCII byte tokens (<0x80>..<0xFF>: ids 131-258
+#: of spm_vocab).
+BYTE_TOKENS_BANNED: dict[str, Any] = {"logit_bias": [[3 + b, False] for b in range(0x80, 0x100)]}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One pinned llama.cpp build, as a prebuilt xllamacpp wheel."""
+
+    build: str  # llama.cpp build, "b11549"
+    version: str  # the xllamacpp release that vendors it
+    released: str  # year-month of the wheel
+    #: -lv values for our two verbosities. Since b9151 the thresholds are ERR 1, WRN 2, INF 3
+    #: (default), TRC 4, DBG 5. Before that a message of verbosity v printed when v <= -lv and the
+    #: server's default was 0 (debug lines are verbosity 1).
+    verbosity: dict[str, int] = field(default_factory=lambda: {"default": 3, "verbose": 4})
+    #: Extra /completion request fields this build needs (see BYTE_TOKENS_BANNED).
+    request_extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: The builds the matrix covers, oldest first. The newest is installed by the engine extra and runs
+#: live in CI; the others are recorded under samples/engine/<build>/ and replayed.
+ENGINES: dict[str, Engine] = {
+    e.build: e
+    for e in (
+        Engine("b7079", "0.2.6", "2025-11", {"default": 0, "verbose": 1}, BYTE_TOKENS_BANNED),
+        Engine("b8672", "2026.4.8672", "2026-04", request_extra=BYTE_TOKENS_BANNED),
+        Engine("b9538", "2026.6.9538", "2026-06", request_extra=BYTE_TOKENS_BANNED),
+        Engine("b10229", "2026.8.10229", "2026-08", request_extra=BYTE_TOKENS_BANNED),
+        Engine("b11549", "2026.10.11549", "2026-10"),
+    )
+}
+LIVE = ENGINES["b11549"]
+ENGINE_VERSION = LIVE.version
+LLAMA_CPP_BUILD = LIVE.build
+
+# The live build's verbosities: "-lv 4" (TRC) is where the spec-init, slot and memory-ledger
+# lines reappear, so it is our "verbose" level. -v would be INT_MAX (DBG included), which makes
+# per-token logs far too large for committed samples.
+VERBOSITY: dict[str, int] = LIVE.verbosity
 
 # Small enough that a whole scenario (two model loads + two short requests) takes a
 # second or two on 2 CPU cores, big enough to be a real llama-arch transformer.
@@ -309,9 +346,16 @@ TARGET_SEED = 1234
 MODELS_SHOWN = "/models"
 
 
+#: Where a native backtrace (gdb, on a crash) shows the engine library: the directory it was installed
+#: in belongs to the machine that made the sample, so samples show this instead.
+ENGINE_DIR_SHOWN = "/site-packages"
+_ENGINE_DIR = re.compile(r"(?<= from )/\S+(?=/xllamacpp/)")
+
+
 def show_models(text: str, directory: Path) -> str:
-    """``text`` with the models' real directory replaced by MODELS_SHOWN, for recorded samples."""
-    return text.replace(str(directory), MODELS_SHOWN)
+    """``text`` for a recorded sample: the models' real directory shown as MODELS_SHOWN and the engine's
+    install directory as ENGINE_DIR_SHOWN."""
+    return _ENGINE_DIR.sub(ENGINE_DIR_SHOWN, text.replace(str(directory), MODELS_SHOWN))
 
 
 def build_models(directory: Path) -> ModelSet:
@@ -627,6 +671,7 @@ class RunResult:
     slots_speculative: list[bool] | None  # /slots "speculative" flag per slot, if read
     duration_s: float
     error: str | None = None
+    unsupported: str | None = None  # why this build cannot run the scenario (a spec type it lacks)
 
     @property
     def drafted_tokens(self) -> int:
@@ -663,6 +708,8 @@ def run_scenario(
     *,
     timeout_s: float = 90.0,
     python: str | None = None,
+    engine: Engine = LIVE,
+    engine_path: Path | None = None,
 ) -> RunResult:
     """Run ``scenario`` in a child Python process and capture everything it prints.
 
@@ -670,8 +717,11 @@ def run_scenario(
     ``2>&1 | tee`` would show (llama.cpp writes levelled lines to stderr, plain LOG()
     output to stdout). The child reports request outcomes through a side file, never
     through the log, so the log holds engine output only.
+
+    ``engine_path`` is a directory holding another build's ``xllamacpp`` package (see
+    ``tools/make_engine_samples.py --build``); it goes first on the child's import path.
     """
-    params = scenario.params(models, VERBOSITY[verbosity])
+    params = scenario.params(models, engine.verbosity[verbosity])
     with tempfile.TemporaryDirectory(prefix="specwatch-run-") as tmp:
         cfg_path = Path(tmp) / "config.json"
         res_path = Path(tmp) / "result.json"
@@ -682,11 +732,17 @@ def run_scenario(
             "n_predict": scenario.n_predict,
             "concurrent": scenario.n_parallel > 1,
             "result_path": str(res_path),
+            "request_extra": engine.request_extra,
         }
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ)
         # Colours only on a TTY anyway; be explicit so samples never carry ANSI codes.
         env.pop("LLAMA_ARG_LOG_COLORS", None)
+        # A crash would otherwise attach gdb (when installed) and print this machine's paths and threads;
+        # the assertion line before it is what every user sees.
+        env["GGML_NO_BACKTRACE"] = "1"
+        if engine_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(engine_path), env.get("PYTHONPATH")) if p)
         start = time.monotonic()
         proc = subprocess.Popen(
             [python or sys.executable, str(Path(__file__).resolve()), "--serve", str(cfg_path)],
@@ -722,19 +778,81 @@ def run_scenario(
         slots_speculative=result.get("slots_speculative"),
         duration_s=round(duration, 2),
         error=result.get("error"),
+        unsupported=result.get("unsupported"),
     )
 
 
 # --- the child side ----------------------------------------------------------------
 
 
+# Where each canonical parameter lives in older builds' CommonParams, newest first: the draft
+# moved from ``speculative.model`` (2025) to ``speculative.mparams_dft`` (early 2026) to
+# ``speculative.draft.mparams`` (b9093+).
+_PARAM_ALIASES: dict[str, tuple[str, ...]] = {
+    "speculative.draft.mparams.path": (
+        "speculative.draft.mparams.path",
+        "speculative.mparams_dft.path",
+        "speculative.model.path",
+    ),
+}
+
+# Before b9464 a build took one speculative type (``speculative.type``) from a shorter enum.
+_OLD_SPEC_TYPE_ENUM: dict[str, str] = {
+    "draft-simple": "COMMON_SPECULATIVE_TYPE_DRAFT",
+    "draft-eagle3": "COMMON_SPECULATIVE_TYPE_EAGLE3",
+    "ngram-map-k": "COMMON_SPECULATIVE_TYPE_NGRAM_MAP_K",
+}
+
+
+class Unsupported(Exception):
+    """The build has no way to express this scenario (a speculative type it does not know)."""
+
+
+def _check_expressible(params: Any, wanted: dict[str, Any]) -> None:
+    spec = params.speculative
+    if ("speculative.types" in wanted and not hasattr(spec, "types") and not hasattr(spec, "type")
+            and "speculative.draft.mparams.path" not in wanted):
+        raise Unsupported("2025 builds have no --spec-type: without a draft this is the no-draft baseline")
+
+
+def _has_path(obj: Any, dotted: str) -> bool:
+    for name in dotted.split("."):
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
+
+
 def _set_param(obj: Any, dotted: str, value: Any, xlc: Any) -> None:
+    """Set a canonical (b11549) parameter on whatever CommonParams this build has."""
+    if dotted == "speculative.types":
+        _set_spec_types(obj, value, xlc)
+        return
+    for candidate in _PARAM_ALIASES.get(dotted, (dotted,)):
+        if _has_path(obj, candidate):
+            dotted = candidate
+            break
     *parents, leaf = dotted.split(".")
     for name in parents:
         obj = getattr(obj, name)
-    if leaf == "types":
-        value = [getattr(xlc.common_speculative_type, SPEC_TYPE_ENUM[v]) for v in value]
     setattr(obj, leaf, value)
+
+
+def _set_spec_types(params: Any, names: list[str], xlc: Any) -> None:
+    spec = params.speculative
+    enum = getattr(xlc, "common_speculative_type", None)
+    if hasattr(spec, "types"):
+        missing = [n for n in names if not hasattr(enum, SPEC_TYPE_ENUM[n])]
+        if missing:
+            raise Unsupported(f"--spec-type {','.join(missing)} does not exist in this build")
+        spec.types = [getattr(enum, SPEC_TYPE_ENUM[n]) for n in names]
+        return
+    if hasattr(spec, "type") and len(names) == 1 and hasattr(enum, _OLD_SPEC_TYPE_ENUM.get(names[0], "?")):
+        spec.type = getattr(enum, _OLD_SPEC_TYPE_ENUM[names[0]])
+        return
+    if not hasattr(spec, "type") and names == ["draft-simple"]:
+        return  # 2025 builds: a draft model alone means draft speculation
+    raise Unsupported(f"--spec-type {','.join(names)} does not exist in this build")
 
 
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
@@ -768,11 +886,17 @@ def _serve(cfg_path: str) -> int:
     import xllamacpp as xlc
 
     params = xlc.CommonParams()
-    for key, value in cfg["params"].items():
-        _set_param(params, key, value, xlc)
     try:
-        # xlc.Server runs llama.cpp's server_context::load_model and its HTTP server
-        # (bound to 127.0.0.1, random port); a failed load raises RuntimeError after
+        _check_expressible(params, cfg["params"])
+        for key, value in cfg["params"].items():
+            _set_param(params, key, value, xlc)
+    except Unsupported as e:
+        result["unsupported"] = str(e)
+        report()
+        return 3
+    try:
+        # xlc.Server runs llama.cpp's server_context::load_model (and, since 2026, its HTTP
+        # server bound to 127.0.0.1 on a random port); a failed load raises RuntimeError after
         # the engine has logged "exiting due to model loading error".
         server = xlc.Server(params)
     except RuntimeError as e:
@@ -780,18 +904,24 @@ def _serve(cfg_path: str) -> int:
         report()
         return 1  # what llama-server's main() returns after a load failure
     result["server_started"] = True
-    base = server.listening_address
-    if not base.startswith("http://127.0.0.1:"):
+    base = getattr(server, "listening_address", None)
+    if base is not None and not base.startswith("http://127.0.0.1:"):
         result["error"] = f"refusing non-loopback address {base}"
         report()
         return 2
 
     def one(prompt: str) -> dict[str, Any]:
-        status, body = _post_json(
-            base + "/completion",
-            {"prompt": prompt, "n_predict": cfg["n_predict"], "ignore_eos": True, "temperature": 0.0},
-            timeout=60,
-        )
+        body_in = {"prompt": prompt, "n_predict": cfg["n_predict"], "ignore_eos": True, "temperature": 0.0}
+        body_in.update(cfg.get("request_extra", {}))
+        if base is None:
+            # 2025 wheels have no HTTP server: the same handler is called in-process.
+            try:
+                body = server.handle_completions(body_in)
+            except RuntimeError as e:  # keep Python tracebacks out of the engine's log
+                body = {"error": str(e)}
+            status = 200 if isinstance(body, dict) and "code" not in body and "error" not in body else 500
+        else:
+            status, body = _post_json(base + "/completion", body_in, timeout=60)
         t = body.get("timings", {}) if isinstance(body, dict) else {}
         return {
             "status": status,
@@ -808,13 +938,15 @@ def _serve(cfg_path: str) -> int:
     else:
         result["responses"] = [one(p) for p in prompts]
 
-    try:
-        with urllib.request.urlopen(base + "/slots", timeout=10) as r:
-            result["slots_speculative"] = [bool(s.get("speculative")) for s in json.loads(r.read())]
-    except OSError:
-        result["slots_speculative"] = None
+    result["slots_speculative"] = None
+    if base is not None:
+        try:
+            with urllib.request.urlopen(base + "/slots", timeout=10) as r:
+                result["slots_speculative"] = [bool(s.get("speculative")) for s in json.loads(r.read())]
+        except OSError:
+            pass
     report()
-    del server  # ~Server stops the loop; the engine logs its shutdown lines
+    server = None  # dropping it runs ~Server, which stops the loop; the engine logs its shutdown lines
     return 0
 
 
@@ -832,6 +964,8 @@ def result_summary(run: RunResult, scenario: Scenario) -> dict[str, Any]:
 def measured_outcome(run: RunResult, scenario: Scenario) -> str:
     """Classify a run the way the scenario table does (see ``Scenario.expected``)."""
     spec_requested = bool(scenario.spec_types) or scenario.draft is not None
+    if run.unsupported:
+        return "n/a"
     if run.timed_out:
         return "timeout"
     if run.exit_code is not None and run.exit_code < 0:

@@ -147,3 +147,68 @@ def test_scenario_outcome_matches_registry(models: harness.ModelSet, name: str, 
     assert harness.measured_outcome(run, scenario) == scenario.expected, tail
     assert len(run.log) < 200_000
     assert not run.timed_out
+
+
+# --- the build matrix (no engine needed) -----------------------------------------------
+
+
+class _Obj:
+    """A stand-in for a build's CommonParams: attributes only where the build has them."""
+
+    def __init__(self, **kw: object) -> None:
+        self.__dict__.update(kw)
+
+
+class _Enum:
+    COMMON_SPECULATIVE_TYPE_DRAFT = "old-draft"
+    COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE = "draft-simple"
+
+
+class _Xlc:
+    common_speculative_type = _Enum
+
+
+def test_draft_path_lands_where_each_build_keeps_it() -> None:
+    """The draft model path goes to speculative.model (2025), mparams_dft (early 2026) or draft.mparams."""
+    builds = {
+        "2025": _Obj(speculative=_Obj(model=_Obj(path=""))),
+        "early-2026": _Obj(speculative=_Obj(mparams_dft=_Obj(path=""))),
+        "now": _Obj(speculative=_Obj(draft=_Obj(mparams=_Obj(path="")))),
+    }
+    for params in builds.values():
+        harness._set_param(params, "speculative.draft.mparams.path", "d.gguf", _Xlc)
+    assert builds["2025"].speculative.model.path == "d.gguf"
+    assert builds["early-2026"].speculative.mparams_dft.path == "d.gguf"
+    assert builds["now"].speculative.draft.mparams.path == "d.gguf"
+
+
+def test_spec_types_map_to_each_builds_enum_or_are_unsupported() -> None:
+    """--spec-type maps to the list (b9464+), the single older enum, or is refused where it cannot exist."""
+    new = _Obj(speculative=_Obj(types=[]))
+    harness._set_param(new, "speculative.types", ["draft-simple"], _Xlc)
+    assert new.speculative.types == ["draft-simple"]
+    old = _Obj(speculative=_Obj(type=None))
+    harness._set_param(old, "speculative.types", ["draft-simple"], _Xlc)
+    assert old.speculative.type == "old-draft"
+    with pytest.raises(harness.Unsupported):
+        harness._set_param(old, "speculative.types", ["ngram-mod"], _Xlc)
+    with pytest.raises(harness.Unsupported):
+        harness._set_param(_Obj(speculative=_Obj(types=[])), "speculative.types", ["draft-dflash"], _Xlc)
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "engine"
+
+
+@pytest.mark.parametrize("build", [b for b in harness.ENGINES if harness.ENGINES[b] != harness.LIVE])
+def test_every_older_build_is_recorded(build: str) -> None:
+    """Each pinned older build has recorded runs of the core scenarios, made by that build."""
+    import json
+
+    metas = [json.loads(p.read_text()) for p in sorted((SAMPLES / build).glob("*.meta.json"))]
+    assert {m["engine"]["llama_cpp_build"] for m in metas} == {build}
+    assert {m["engine"]["version"] for m in metas} == {harness.ENGINES[build].version}
+    recorded = {(m["scenario"], m["verbosity"]) for m in metas}
+    core = {"spec-working", "no-draft", "draft-missing", "draft-kv-oom", "draft-low-acceptance"}
+    assert {(s, v) for s in core for v in harness.VERBOSITY} <= recorded
+    for m in metas:
+        assert (SAMPLES / build / f"{m['scenario']}-{m['verbosity']}.log").stat().st_size == m["log_bytes"]
