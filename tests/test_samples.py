@@ -16,8 +16,8 @@ LOGS = list(sample_logs(SAMPLES))
 SPEC_KINDS = {"draft_load_failed", "draft_context_failed", "spec_disabled", "spec_unsupported",
               "draft_incompatible", "spec_runtime_error"}
 
-#: Where specwatch and the collector's judgement differ, and why. Strict xfail: fixing one fails the
-#: test until it is removed from this table.
+#: Where specwatch and the collector's judgement differ, and why, by log stem (or "<dir>/<stem>" for the
+#: engine builds, whose stems repeat). Strict xfail: fixing one fails the test until it is removed here.
 KNOWN_DISAGREEMENTS: dict[str, str] = {
     "llamacpp-pr12603-metal-low-acceptance-annotated":
         "one task, 23% of 304 drafted tokens: under the 512-token window a mediocre rate is judged over, and "
@@ -41,6 +41,26 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
         "two lines of ollama's summary: the Metal compute-buffer failure is there but no llama.cpp context or "
         "load failure follows it, and an allocation failure alone can be retried by llama.cpp (pipeline "
         "parallelism, fitting), so it is not called the target's out of memory",
+    # Older llama.cpp builds recorded by the engine matrix (samples/engine/<build>/).
+    **{f"{b}/draft-low-acceptance-{v}":
+       "0 of 30 drafted tokens accepted per task, 2 tasks: under the 64 drafted tokens after which a low rate is "
+       "conclusive (b11549 drafts 39 per task, so its sample crosses it)"
+       for b in ("b7079", "b8672") for v in ("default", "verbose")},
+    **{f"b8672/spec-type-without-draft-{v}":
+       "--spec-type draft without a draft model: nothing is loaded and the build says nothing at default "
+       "verbosity; verbose only has 'speculative decoding context not initialized' with no draft in the run"
+       for v in ("default", "verbose")},
+    "b8672/target-kv-oom-verbose":
+        "the process segfaults right after the target's KV allocation failure; the log ends there, and an "
+        "allocation failure alone is not yet concluded to be fatal",
+    **{f"b9538/draft-kv-oom-{v}":
+       "the process segfaults right after the draft's KV allocation failure; the log ends there, and an "
+       "allocation failure alone is not yet concluded to be fatal"
+       for v in ("default", "verbose")},
+    **{f"{b}/spec-type-without-draft-{v}":
+       "--spec-type draft-simple without a draft model segfaults right after 'adding speculative implementation "
+       "draft-simple'; nothing in the log says the draft is missing"
+       for b in ("b9538", "b10229") for v in ("default", "verbose")},
 }
 
 
@@ -53,7 +73,7 @@ def analyse(cat, log: Path) -> Analyzer:
 
 def test_there_are_samples_of_every_origin() -> None:
     """The corpus holds the seed, real engine runs and public reports."""
-    origins = {p.parent.name for p in LOGS}
+    origins = {p.relative_to(SAMPLES).parts[0] for p in LOGS}
     assert {"seed", "engine", "public"} <= origins
     assert len(LOGS) >= 40
 
@@ -87,8 +107,9 @@ JUDGED = [p for p in LOGS if _judgement(p) is not None]
 @pytest.mark.parametrize("log", JUDGED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_sample_agrees_with_independent_judgement(cat, log: Path, request) -> None:
     """Open incident kinds match what the person who collected the log expected."""
-    if log.stem in KNOWN_DISAGREEMENTS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[log.stem], strict=True))
+    reason = KNOWN_DISAGREEMENTS.get(f"{log.parent.name}/{log.stem}") or KNOWN_DISAGREEMENTS.get(log.stem)
+    if reason:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     judged = _judgement(log)
     assert judged is not None
     expected, why = judged
