@@ -41,6 +41,44 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
         "two lines of ollama's summary: the Metal compute-buffer failure is there but no llama.cpp context or "
         "load failure follows it, and an allocation failure alone can be retried by llama.cpp (pipeline "
         "parallelism, fitting), so it is not called the target's out of memory",
+    # The issue-13 corpus (samples/public, labelled from each thread before specwatch ran on it).
+    "continue-11223-ollama-cuda-host-buffer-fail":
+        "an allocation failure relayed by ollama with nothing after it: not yet concluded from partial evidence",
+    "gpustack-1455-llama-box-md-crash-first-request":
+        "llama-box names the draft only in its 'arguments :' dump and crashes on the first request: the draft "
+        "from an option dump is not read yet",
+    "llamacpp-16646-metal-b6473-status5-inline":
+        "Metal's command-buffer 'status 5' / Insufficient Memory with nothing after it is not concluded yet",
+    "llamacpp-29270-vulkan-asahi-b11059-alloc-fail":
+        "a Vulkan allocation failure with nothing after it is not concluded yet",
+    "llamacpp-3199-cuda-error2-2023-b1233":
+        "the 2023 'CUDA error 2 at ggml-cuda.cu:N: out of memory' wording is not recognised yet",
+    "llamacpp-8492-vulkan-2024-mesa-alloc-fail-quoted":
+        "a Vulkan allocation failure with nothing after it is not concluded yet",
+    "llamacpp-pr3812-speculative-vocab-mismatch-2023":
+        "the 2023 speculative example's vocabulary mismatch wording is not recognised yet",
+    "llamafile-pr881-metal-warmup-oom-2026":
+        "a Metal out-of-memory during warm-up with nothing after it is not concluded yet",
+    "lmstudio-2244-mtp-head-as-simple-draft-segv":
+        "an MTP head loaded as a plain draft, then a segfault: not recognised yet",
+    "localai-9371-grpc-spec-no-impl-2026":
+        "LocalAI's relayed 'no implementations specified' with a draft in its options is not read yet",
+    "ollama-10553-runner-terminated-cudamalloc-2025":
+        "ollama's 'llama runner process has terminated: ... cudaMalloc failed' relay is not read yet",
+    "ollama-17003-docker-gemma4-mtp-ctx-other-terminated":
+        "an MTP context failure relayed by ollama in docker is not read yet",
+    "ollama-3237-win-cuda-pool-vmm-oom-2024":
+        "the CUDA VMM pool out-of-memory relayed by ollama is not concluded yet",
+    "ollama-3765-rocm-hipmalloc-oom-cli-2024":
+        "a hipMalloc failure relayed by ollama's CLI error is not concluded yet",
+    "ollama-6257-metal-2024-status5-repeated":
+        "Metal's 'status 5' repeated with nothing else is not concluded yet",
+    "ollama-9782-cli-qwen3-gallocr-cuda0-oom":
+        "a CUDA0 compute-buffer failure in ollama's CLI error is not concluded yet",
+    "textgen-4890-colab-cuda-error2-2023":
+        "the 2023 'CUDA error 2 ... out of memory' wording is not recognised yet",
+    "unsloth-llamacpp-pr144-mtp-head-borrow-shared-fail":
+        "a fork's MTP-head load failure wording is not recognised yet",
     # Older llama.cpp builds recorded by the engine matrix (samples/engine/<build>/).
     **{f"{b}/draft-low-acceptance-{v}":
        "0 of 30 drafted tokens accepted per task, 2 tasks: under the 64 drafted tokens after which a low rate is "
