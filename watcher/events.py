@@ -22,6 +22,9 @@ FIELD_TYPES: dict[str, type] = {
     "seqs": int,
     "tokens": int,
     "build": int,
+    # The first llama.cpp build that prints a wording: a pattern ``set``s it to date a log whose build line is
+    # missing or reads ``b0-unknown`` (behaviour changed by era, e.g. -md alone stopped enabling the draft).
+    "min_build": int,
     "port": int,
     "free_mib": float,
     "total_mib": float,
@@ -42,6 +45,8 @@ FIELD_TYPES: dict[str, type] = {
     "server": str,
     "cmd": str,
     "detail": str,
+    # Why a failure happened, as a pattern ``set``s it (``spec_type_without_draft``...): hints key on it.
+    "cause": str,
     # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
     # ``model``: the demux in watcher/swap.py keys per-model state on it.
     "swap_model": str,

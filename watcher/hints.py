@@ -14,6 +14,57 @@ def _m(v: float) -> str:
     return f"{v:,.0f} MiB"
 
 
+#: What each lever is called where the user changes it: llama-server's flags, or LM Studio's model settings
+#: (a log with LM Studio's record headers). A lever a host does not offer is left out of its advice.
+_LEVERS: dict[str, dict[str, str]] = {
+    "llama.cpp": {
+        "parallel": "--parallel {n}",
+        "context": "the context (-c)",
+        "draft_context": "the draft context (-cd / --spec-draft-ctx-size on older builds, -c overall)",
+        "draft_kv_q8": "a q8_0 draft KV cache (-ctkd q8_0 -ctvd q8_0)",
+        "gpu_layers": "fewer target GPU layers (-ngl)",
+        "fit_target": "keep room with -fitt (--fit-target, MiB per device) or fewer target layers (-ngl)",
+    },
+    "lmstudio": {
+        "parallel": "Max Concurrent Predictions {n}",
+        "context": "the model's Context Length",
+        "draft_context": "the model's Context Length (the draft gets the same context)",
+        "gpu_layers": "less GPU Offload for the main model",
+        "fit_target": "keep room by lowering the main model's GPU Offload",
+    },
+}
+
+#: Advice by the cause a pattern or a state rule found; ``{impl}`` is the speculative type the log named.
+_BY_CAUSE: dict[str, str] = {
+    "no_spec_type": (
+        "llama.cpp b9464+ loads a draft given with -md but does not use it without a speculative type: add "
+        "--spec-type draft-simple (or the draft's own type: draft-eagle3, draft-dflash, draft-mtp). Until then "
+        "this server is slower and holds the draft's memory for nothing."),
+    "spec_type_without_draft": (
+        "--spec-type {impl} needs a draft model: give it with -md (--model-draft), or drop --spec-type "
+        "{impl} (an n-gram type such as ngram-mod speculates without a draft)."),
+    "draft_kind_mismatch": (
+        "{head} speculation needs a {head} head made for this target, not an ordinary draft model: give the "
+        "matching head as the draft, or keep this draft and use it as a plain one with --spec-type draft-simple."),
+}
+_HEADS = {"eagle3": "EAGLE-3", "dflash": "DFlash", "dspark": "DSpark"}
+
+
+def _lever(run: Run, name: str, **kw: object) -> str | None:
+    """The lever ``name`` in the words of the program that wrote the log, or None where it has none."""
+    words = _LEVERS.get(run.host or "llama.cpp", _LEVERS["llama.cpp"]).get(name)
+    return words.format(**kw) if words else None
+
+
+def _slots(run: Run) -> int | None:
+    """How many slots the server runs, when the log says."""
+    return run.n_slots or (len(run.slots) or None)
+
+
+def _on_cpu(inc: Incident) -> bool:
+    return bool(inc.device) and str(inc.device).upper().startswith("CPU")
+
+
 def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1,
               free_mib: float | None = None) -> list[tuple[str, float]]:
     """What each lever frees from a KV cache of ``kv_mib`` over ``n_slots`` contexts of ``n_ctx`` tokens.
@@ -42,6 +93,10 @@ def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1,
 def for_incident(inc: Incident, run: Run) -> str:
     """The hint for one incident; empty when the log gives nothing to compute from."""
     cause = inc.extra.get("cause")
+    if cause in _BY_CAUSE:
+        impl = str(inc.extra.get("impl") or "draft-simple")
+        head = _HEADS.get(impl.removeprefix("draft-"), "An EAGLE-3 or DFlash")
+        return _BY_CAUSE[str(cause)].format(impl=impl, head=head).replace("a An ", "an ")
     match inc.kind:
         case "draft_context_failed" if cause == "draft_head_alone":
             return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
@@ -81,8 +136,11 @@ def for_incident(inc: Incident, run: Run) -> str:
                 return ("Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple "
                         "with -md; "
                         "run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per slot.")
-            if "no speculative type" in inc.reason:
-                return "Add --spec-type draft-simple (llama.cpp b9464+ no longer enables the draft from -md alone)."
+            if inc.extra.get("follows"):
+                who = "LM Studio" if run.host == "lmstudio" else "The server"
+                return (f"{who} reloaded the model without its draft because the draft failed (incident "
+                        f"{str(inc.extra['follows'])[:8]}): fix that failure as its advice says, then load the "
+                        "model with its draft again; until then this server is slower.")
             return "Reload with the draft (or fix the draft failure above) before serving; this server is slower."
         case "spec_unsupported":
             if "batched MLX" in inc.reason:
@@ -99,17 +157,7 @@ def for_incident(inc: Incident, run: Run) -> str:
         case "draft_on_cpu":
             return "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd."
         case "main_model_oom":
-            kv = run.ledger.total("target", "kv")
-            n = run.n_slots or len(run.slots) or 1
-            if kv and n > 1:
-                levers = "; ".join(f"{what} frees {_m(v)}" for what, v in
-                                   kv_levers(kv, run.n_ctx_slot, n)[1:])
-                return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
-                        f"{levers}; or lower -ngl or use a smaller quantisation.")
-            if inc.mib:
-                return (f"The target needed {_m(inc.mib)} more on {inc.device or 'the device'}: lower -ngl, "
-                        "the context (-c) or --parallel, or use a smaller quantisation.")
-            return "Lower -ngl, the context (-c) or --parallel, or use a smaller quantisation."
+            return _target_memory(inc, run)
         case "spec_runtime_error":
             if run.draft_head and run.spec_mode != "mtp":
                 return (f"The draft is a {run.draft_head} head (llama.cpp said it needs the target's context): "
@@ -119,30 +167,54 @@ def for_incident(inc: Incident, run: Run) -> str:
     return ""
 
 
+def _target_memory(inc: Incident, run: Run) -> str:
+    """The target did not fit: its KV levers, and -ngl only where layers sit on a GPU."""
+    kv = run.ledger.total("target", "kv")
+    n = _slots(run) or 1
+    ngl = None if _on_cpu(inc) else _lever(run, "gpu_layers")
+    tail = f"{ngl} or a smaller quantisation" if ngl else "a smaller quantisation"
+    if kv and n > 1:
+        levers = "; ".join(f"{what} frees {_m(v)}" for what, v in kv_levers(kv, run.n_ctx_slot, n)[1:])
+        return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
+                f"{levers}; or {tail}.")
+    # Fewer slots only where the server may run more than one.
+    fewer = _lever(run, "parallel", n="N") if _slots(run) != 1 else None
+    options = [x for x in (_lever(run, "context"), fewer and f"fewer slots ({fewer.replace(' N', '')})") if x]
+    where = "host memory (CPU backend)" if _on_cpu(inc) else (inc.device or "the device")
+    lead = f"The target needed {_m(inc.mib)} more on {where}" if inc.mib else "The target did not fit"
+    return f"{lead}: lower {' or '.join(options)}, or use {tail}."
+
+
 def _draft_memory(inc: Incident, run: Run) -> str:
     """The seed case: the draft's KV cache did not fit; show what each lever frees."""
     mib = inc.mib
     dev = inc.device or "the device"
+    fewer = _lever(run, "parallel", n=1) if _slots(run) != 1 else None
     if not mib:
-        return ("The draft's context did not fit: lower the draft context (-cd / --spec-draft-ctx-size on older "
-                "builds, -c overall), --parallel, or use a smaller draft." + _fit_notes(run))
+        alt = f", fewer slots ({fewer})" if fewer else ""
+        return (f"The draft's context did not fit: lower {_lever(run, 'draft_context')}{alt}, or use a smaller "
+                "draft." + _fit_notes(run))
     attempts = int(inc.extra.get("failed_allocations", 1) or 1)
-    per_slot = attempts > 1 or len(inc.slots) > 1
-    n = max(attempts, len(inc.slots), 1)
+    # Builds before b9109 give every slot a draft context of its own; the log shows it as one failure per
+    # slot. Only then is the draft's memory per slot (a shared context fails once, whatever the slot count).
+    n = len(inc.slots)
     parts = []
-    if per_slot:
+    if n > 1 and attempts >= n and fewer:
         parts.append(f"each of the {n} slots creates its own draft context of {_m(mib)} on {dev} "
-                     f"({_m(mib * n)} in all); --parallel 1 needs {_m(mib)}, i.e. frees {_m(mib * (n - 1))}")
+                     f"({_m(mib * n)} in all); {fewer} needs {_m(mib)}, i.e. frees {_m(mib * (n - 1))}")
     cells = run.ledger.kv_cells.get("draft") or run.n_ctx_slot or _max_slot_ctx(run)
+    ctx = _lever(run, "draft_context")
     if cells:
         per_tok_kib = mib * 1024 / cells
         inc.extra["draft_kv_kib_per_token"] = round(per_tok_kib, 2)
         half = cells // 2
         parts.append(f"the draft context of {cells:,} tokens costs {per_tok_kib:.0f} KiB per token; "
-                     f"a draft context of {half:,} needs {_m(mib / 2)} (frees {_m(mib / 2)} per context)")
+                     f"halving {ctx} to {half:,} needs {_m(mib / 2)} (frees {_m(mib / 2)} per context)")
     else:
-        parts.append(f"the draft KV cache scales with its context: half the context frees {_m(mib / 2)} per context")
-    parts.append(f"a q8_0 draft KV cache (-ctkd q8_0 -ctvd q8_0) frees about {_m(mib * 0.47)} per context")
+        parts.append(f"the draft KV cache scales with its context: halving {ctx} frees {_m(mib / 2)} per context")
+    q8 = _lever(run, "draft_kv_q8")
+    if q8:
+        parts.append(f"{q8} frees about {_m(mib * 0.47)} per context")
     free = run.ledger.free.get(dev)
     if free is not None:
         used = run.ledger.total(device=dev)
@@ -156,8 +228,7 @@ def _fit_notes(run: Run) -> str:
     out = ""
     if run.fit_unmeasured is not None:
         out += (f" Memory fitting could not measure the draft (line {run.fit_unmeasured.record.lineno}) and sized "
-                "the target without it, so the target may take the draft's memory: keep room with -fitt "
-                "(--fit-target, MiB per device) or fewer target layers (-ngl).")
+                f"the target without it, so the target may take the draft's memory: {_lever(run, 'fit_target')}.")
     est = run.ledger.estimated.get("draft")
     if est:
         out += f" llama.cpp estimated the draft at {_m(est)} before loading."

@@ -54,6 +54,8 @@ class Incident:
     confidence: str = "certain"  # certain | inferred (a finding from evidence of absence)
     evidence: list[Evidence] = field(default_factory=list)
     attempts: int = 1
+    #: Server loads (runs) of one stream that failed this same way in a row: a restart loop is one incident.
+    count: int = 1
     first_line: int = 0
     last_line: int = 0
     status: str = "open"  # open | resolved
@@ -106,6 +108,7 @@ class Incident:
             "server_state": self.server_state,
             "confidence": self.confidence,
             "attempts": self.attempts,
+            "count": self.count,
             "first_line": self.first_line,
             "last_line": self.last_line,
             "resolved_line": self.resolved_line,

@@ -21,6 +21,11 @@ from watcher.ledger import Failure, Ledger, device_name
 #: slot means the server (or LM Studio) reloaded the model, so a new run begins.
 _SLOT_INIT = {"slot_new", "spec_ctx_not_init", "spec_ctx_init_ok"}
 _SPEC_ON = {"spec_ctx_init_ok", "draft_acceptance", "spec_statistics", "draft_step_accepted"}
+#: From this build on, a draft given with -md is loaded but not used unless --spec-type names a draft type
+#: (b9109-b9463 enabled it with a warning, older builds always did): research catalogue, section 5.
+SPEC_TYPE_REQUIRED_SINCE = 9464
+#: Failures of the draft that make a host (LM Studio) reload the target without it.
+_DRAFT_FAILURES = ("draft_load_failed", "draft_context_failed", "draft_incompatible")
 
 
 @dataclass
@@ -49,6 +54,11 @@ class Run:
     source: str
     first_line: int
     build: int | None = None
+    #: The newest "first build with this wording" among the run's lines: dates a log whose build line is
+    #: missing or reads b0-unknown (see the ``min_build`` a pattern sets).
+    min_build: int | None = None
+    #: The program whose log this is, when a line says so (``lmstudio``); hints speak in its settings.
+    host: str | None = None
     target_model: str | None = None
     draft_model: str | None = None
     spec_requested: bool = False  # a draft was loaded or a speculative implementation was set up
@@ -68,6 +78,7 @@ class Run:
     drafted: int = 0
     accepted: int = 0
     no_impls: bool = False
+    impl_added: bool = False  # the log named the speculative implementation(s) set up
     no_impls_event: Event | None = None
     draft_event: Event | None = None
     inherited_model: bool = False
@@ -156,6 +167,8 @@ class Stream:
         self.on_change = on_change
         self._pending_no_impls: Event | None = None
         self._pending_gpu_ignored: Event | None = None
+        #: The program whose log this is, once a line says so (LM Studio's record headers): no run of its own.
+        self.host: str | None = None
         self._last_acc: list[tuple[int, int]] = []  # (drafted, accepted) per task, newest last
 
     # -- runs -----------------------------------------------------------------------------------
@@ -163,12 +176,12 @@ class Stream:
     def run(self) -> Run:
         """The current run, started on first use."""
         if not self.runs:
-            self.runs.append(Run(1, self.source, 1))
+            self.runs.append(Run(1, self.source, 1, host=self.host))
         return self.runs[-1]
 
     def _new_run(self, lineno: int, reason: str) -> Run:
         prev = self.runs[-1] if self.runs else None
-        run = Run(len(self.runs) + 1, self.source, lineno)
+        run = Run(len(self.runs) + 1, self.source, lineno, host=self.host)
         if prev is not None:
             if prev.phase == "loading" and not prev.incidents:
                 prev.phase = "replaced"
@@ -188,6 +201,11 @@ class Stream:
     def apply(self, ev: Event) -> None:
         """Update state with one event."""
         t = ev.type
+        if t == "host_record":
+            self.host = ev.get("server") or self.host
+            for r in self.runs:
+                r.host = r.host or self.host
+            return
         if t == "spec_no_impls":
             # Printed just before a slot's init lines: it belongs to the run that slot belongs to.
             self._pending_no_impls = ev
@@ -215,6 +233,8 @@ class Stream:
     def _apply(self, run: Run, ev: Event) -> None:
         t, ln = ev.type, ev.record.lineno
         run.last_line = max(run.last_line, ln)
+        if ev.get("min_build"):
+            run.min_build = max(run.min_build or 0, ev.get("min_build"))
         handler = getattr(self, f"_on_{t}", None)
         if handler is not None:
             handler(run, ev)
@@ -262,6 +282,7 @@ class Stream:
 
     def _on_spec_impl_added(self, run: Run, ev: Event) -> None:
         run.spec_requested = True
+        run.impl_added = True
         run.spec_mode = ev.get("impl") or run.spec_mode
 
     def _on_fit_start(self, run: Run, ev: Event) -> None:
@@ -307,7 +328,8 @@ class Stream:
         run.phase = "exited"
         for inc in run.incidents.values():
             inc.server_state = "exited"
-            inc.add_evidence(ev.record.lineno, ev.record.text)
+            if inc.count == 1:
+                inc.add_evidence(ev.record.lineno, ev.record.text)
             self._changed(inc)
 
     # -- handlers: memory -------------------------------------------------------------------------
@@ -396,6 +418,7 @@ class Stream:
             if inc.server_state == "unknown":
                 # The server goes on creating slots without a draft: it will serve, only slower.
                 inc.server_state = "serving_without_speculation"
+            inc.hint = hints.for_incident(inc, run)  # its advice counts the slots that failed
             self._changed(inc)
         if not failed and (run.spec_requested or run.spec_expected):
             reload = run.no_impls and not run.spec_requested
@@ -406,14 +429,22 @@ class Stream:
             inc = self._incident(run, "spec_disabled", ev, reason=reason)
             inc.server_state = "serving_without_speculation"
             inc.add_slot(sid)
+            cause = self._failure_before(run) if reload else None
+            if cause is not None and "follows" not in inc.extra:
+                # One story: the draft failed, then the host reloaded the target without it. The second incident
+                # is that failure's consequence; sinks show it with its cause, not as a second alarm.
+                inc.extra["follows"] = cause.key
+                inc.hint = hints.for_incident(inc, run)
 
     def _on_spec_no_impls(self, run: Run, ev: Event) -> None:
         run.no_impls = True
         run.no_impls_event = run.no_impls_event or ev
         if run.spec_requested and run.draft_model:
             # b9464+: -md without --spec-type draft-simple loads the draft and never uses it.
-            self._incident(run, "spec_disabled", ev,
-                           reason=f"draft {basename(run.draft_model)} is loaded but no speculative type is enabled")
+            why = f"draft {basename(run.draft_model)} is loaded but no speculative type is enabled"
+            inc = self._incident(run, "spec_disabled", ev, reason=why)
+            inc.extra["cause"] = "no_spec_type"
+            inc.hint = hints.for_incident(inc, run)
 
     def _on_spec_ctx_init_ok(self, run: Run, ev: Event) -> None:
         if ev.get("slot") is not None:
@@ -544,11 +575,12 @@ class Stream:
     def _on_spec_init_failed(self, run: Run, ev: Event) -> None:
         reason = ev.get("reason") or ""
         low = reason.lower()
-        if "vocab" in low or "eagle3" in low or "token" in low:
-            kind = "draft_incompatible"
-        elif "requires a draft context" in low:
+        cause = ev.get("cause")
+        if cause == "spec_type_without_draft":
             kind = "spec_disabled"
             reason = f"a draft speculative type is enabled but no draft model is configured ({reason})"
+        elif cause == "draft_kind_mismatch" or "vocab" in low or "token" in low:
+            kind = "draft_incompatible"
         else:
             kind = "spec_disabled"
         inc = self._incident(run, kind, ev, reason=reason or "failed to initialize speculative decoding")
@@ -577,6 +609,11 @@ class Stream:
         reason = f"llama.cpp aborted in speculative decoding: {ev.get('reason') or 'assertion failed'}"
         kind = "spec_runtime_error" if run.phase == "serving" else "draft_incompatible"
         inc = self._incident(run, kind, ev, reason=reason)
+        if kind == "draft_incompatible":
+            # Setting up the speculative type checks the draft's structure (target layers of a DFlash or
+            # EAGLE-3 head): an abort there is a draft of the wrong kind for the type.
+            inc.extra.setdefault("cause", "draft_kind_mismatch")
+            inc.hint = hints.for_incident(inc, run)
         inc.server_state = "exited"
         run.phase = "exited"
 
@@ -703,13 +740,43 @@ class Stream:
                 return
         elif done < need:
             return
-        inc = self._incident(run, "spec_disabled", None, severity="warning",
-                             reason=f"draft {basename(run.draft_model) or 'configured'} loaded, but {done} completed "
-                                    f"tasks printed no draft statistics")
-        inc.confidence = "inferred"
-        inc.server_state = "serving_without_speculation"
-        inc.first_line = inc.first_line or run.first_line
+        self.conclude_no_statistics(run, done)
+
+    def conclude_no_statistics(self, run: Run, tasks: int, draft: str | None = None,
+                               command_line: str | None = None, no_spec_type: bool = False) -> Incident:
+        """Speculation was asked for and ``tasks`` tasks printed no draft statistics: say why, if it is known.
+
+        The log's own era (b9464+ from its build line or wording) or the command line (``run``: a draft and no
+        --spec-type) make the cause certain; the incident is then critical with the fix, whoever read the log.
+        """
+        era = run.build or run.min_build or 0
+        if run.draft_model and era >= SPEC_TYPE_REQUIRED_SINCE and not run.impl_added:
+            no_spec_type = True
+        name = basename(run.draft_model or draft) or "configured"
+        if no_spec_type:
+            reason = (f"draft {name} is loaded but no speculative type is enabled ({tasks} completed task(s) "
+                      "printed no draft statistics)")
+        else:
+            what = f"the command line asks for speculation ({command_line})" if command_line else f"draft {name} loaded"
+            reason = f"{what}, but {tasks} completed task(s) printed no draft statistics"
+        severe = no_spec_type or command_line is not None
+        inc = Incident(kind="spec_disabled", severity="critical" if severe else "warning", source=self.source,
+                       run=run.ordinal, model=run.target_model, draft_model=run.draft_model or draft, reason=reason,
+                       server_state="serving_without_speculation", confidence="inferred")
+        if no_spec_type:
+            inc.extra["cause"] = "no_spec_type"
+        if command_line:
+            inc.extra["command_line"] = command_line
+        inc.first_line = run.first_line
         inc.last_line = run.last_line
+        for sid in sorted(run.slots):
+            inc.add_slot(sid)
+        inc.hint = hints.for_incident(inc, run)
+        # Kept in the run so summaries see it, and resolved by the state if statistics appear after all.
+        run.incidents.setdefault("spec_disabled", inc)
+        inc = run.incidents["spec_disabled"]
+        self._changed(inc)
+        return inc
 
     def _check_acceptance(self, run: Run, ev: Event) -> None:
         window = self.settings.acceptance_window
@@ -766,6 +833,10 @@ class Stream:
     def _incident(self, run: Run, kind: str, ev: Event | None, reason: str = "",
                   severity: str = "critical") -> Incident:
         inc = run.incidents.get(kind)
+        recurred = False
+        if inc is None:
+            inc = self._recurrence(run, kind)
+            recurred = inc is not None
         if inc is None:
             inc = Incident(kind=kind, severity=severity, source=self.source, run=run.ordinal,
                            model=run.target_model, draft_model=run.draft_model, reason=reason)
@@ -774,11 +845,19 @@ class Stream:
             elif run.phase == "exited":
                 inc.server_state = "exited"
             run.incidents[kind] = inc
+        elif recurred:
+            # A restart that fails the same way: the same incident, counted again (one alert, not one per restart).
+            inc.count += 1
+            inc.extra["last_run"] = run.ordinal
+            run.incidents[kind] = inc
         else:
             inc.attempts += 1 if ev is not None and ev.type == _trigger(inc) else 0
         if ev is not None:
             inc.extra.setdefault("trigger", ev.type)
-            if inc.attempts == 1:
+            for name in ("cause", "impl"):
+                if ev.get(name):
+                    inc.extra.setdefault(name, ev.get(name))
+            if inc.attempts == 1 and inc.count == 1:
                 inc.add_evidence(ev.record.lineno, ev.record.text)
             inc.last_line = max(inc.last_line, ev.record.lineno)
             inc.add_slot(ev.get("slot"))
@@ -788,6 +867,27 @@ class Stream:
         self._changed(inc)
         return inc
 
+    def _recurrence(self, run: Run, kind: str) -> Incident | None:
+        """The open incident of this kind that an earlier load of the same models on this stream raised."""
+        for older in reversed(self.runs):
+            if older is run:
+                continue
+            inc = older.incidents.get(kind)
+            if inc is not None and inc.status == "open" and inc.confidence == "certain" \
+                    and basename(inc.model) == basename(run.target_model) \
+                    and basename(inc.draft_model) == basename(run.draft_model):
+                return inc
+            return None  # only the run just before counts: a different failure in between ends the loop
+        return None
+
+    def _failure_before(self, run: Run) -> Incident | None:
+        """The open draft failure of the run before this one (the reason a host reloaded without the draft)."""
+        i = self.runs.index(run)
+        if i == 0:
+            return None
+        return next((inc for inc in self.runs[i - 1].incidents.values()
+                     if inc.kind in _DRAFT_FAILURES and inc.status == "open"), None)
+
     def _attach_errors(self, run: Run, inc: Incident, role: str | None = None) -> None:
         """Bring in the allocation failure that caused this, with its device and size."""
         fails = [f for f in run.ledger.failures if role is None or f.role == role]
@@ -796,7 +896,7 @@ class Stream:
             inc.device = inc.device or (f.device if f.device != "?" else None)
             inc.mib = inc.mib or f.mib
             inc.extra["failed_allocations"] = len(fails)
-        if inc.attempts == 1 and len(inc.evidence) <= 2:
+        if inc.attempts == 1 and inc.count == 1 and len(inc.evidence) <= 2:
             if run.draft_event is not None and inc.kind != "main_model_oom":
                 inc.add_evidence(run.draft_event.record.lineno, run.draft_event.record.text)
             for e in run.recent_errors[-4:]:
@@ -817,8 +917,12 @@ class Stream:
             self.on_change(inc)
 
     def incidents(self) -> list[Incident]:
-        """Every incident of every run, oldest first."""
-        return [i for r in self.runs for i in r.incidents.values()]
+        """Every incident of every run, oldest first; one that recurred over several runs once."""
+        seen: dict[int, Incident] = {}
+        for r in self.runs:
+            for i in r.incidents.values():
+                seen.setdefault(id(i), i)
+        return list(seen.values())
 
 
 #: Lines between llama_init_from_model's exception line and its caller's "failed to create context"

@@ -101,6 +101,12 @@ class SwapStream(Stream):
         sec.stream.apply(ev)
         self._mirror(sec.stream, ev.record.lineno)
 
+    def conclude_no_statistics(self, run: Run, tasks: int, draft: str | None = None,
+                               command_line: str | None = None, no_spec_type: bool = False) -> Incident:
+        """As ``Stream.conclude_no_statistics``, by the model stream that holds ``run``."""
+        owner = next((s for s in self.streams if any(r is run for r in s.runs)), self.current.stream)
+        return owner.conclude_no_statistics(run, tasks, draft, command_line, no_spec_type)
+
     def finish(self) -> None:
         """End of input for every model's stream."""
         for stream in self.streams:

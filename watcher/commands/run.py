@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     source = args.source or argv[0].rsplit("/", 1)[-1]
     spec = spec_args(argv)
     analyzer = Analyzer(ctx.catalogue, source=source, settings=ctx.settings, on_incident=disp.changed)
-    expect = SpecExpectation(spec, analyzer.stream, disp.changed)
+    expect = SpecExpectation(spec, analyzer.stream)
 
     def on_event(ev: object) -> None:
         expect.event(ev)  # type: ignore[arg-type]

@@ -103,10 +103,9 @@ class SpecExpectation:
     after ``absent_stats_tasks`` tasks for n-gram speculators, which may draft nothing on some prompts.
     """
 
-    def __init__(self, spec: SpecArgs, stream: Stream, on_change: Callable[[Incident], None]) -> None:
+    def __init__(self, spec: SpecArgs, stream: Stream) -> None:
         self.spec = spec
         self.stream = stream
-        self.on_change = on_change
         self.tasks = 0
         self.stats_seen = False
         self.raised: Incident | None = None
@@ -139,23 +138,9 @@ class SpecExpectation:
         if any(i.status == "open" and i.kind in FAILURE_KINDS for i in run.incidents.values()):
             return  # the log already said what went wrong
         no_type = bool(self.spec.draft) and not self.spec.types and not self.spec.default
-        why = (f"the command line asks for speculation ({self.spec.describe}) but {finished} completed "
-               "task(s) printed no draft statistics")
-        hint = ("llama.cpp b9464+ does not use -md without --spec-type: add --spec-type draft-simple. "
-                if no_type else "")
-        hint += "Run with -lv 4 to see speculation init lines; /slots shows \"speculative\"."
-        inc = Incident(kind="spec_disabled", severity="critical", source=self.stream.source, run=run.ordinal,
-                       model=run.target_model, draft_model=run.draft_model or self.spec.draft, reason=why,
-                       hint=hint, server_state="serving_without_speculation", confidence="inferred")
-        inc.first_line = run.first_line
-        inc.last_line = run.last_line
-        inc.extra["command_line"] = self.spec.describe
-        for sid in sorted(run.slots):
-            inc.add_slot(sid)
-        # Kept in the run so summaries see it, and resolved by the state if statistics appear after all.
-        run.incidents.setdefault("spec_disabled", inc)
-        self.raised = run.incidents["spec_disabled"]
-        self.on_change(self.raised)
+        # The state draws the conclusion, so the words are those a log alone gets when it says as much.
+        self.raised = self.stream.conclude_no_statistics(run, finished, draft=self.spec.draft,
+                                                         command_line=self.spec.describe, no_spec_type=no_type)
 
 
 class LineGate:

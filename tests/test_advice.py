@@ -1,0 +1,147 @@
+"""The advice is right wherever the log is read, and one cause gives one alert (issue 15)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SAMPLES, SEED, cli
+from watcher.catalogue import Catalogue
+from watcher.cli import build_parser
+from watcher.commands import run as run_cmd
+from watcher.environment import Environment
+from watcher.incidents import Incident
+from watcher.pipeline import Analyzer
+
+ENGINE = SAMPLES / "engine"
+#: Writes a log file to stderr, as a server writes its log, and exits 0; extra arguments are the server's.
+CAT = "import sys; sys.stderr.buffer.write(open(sys.argv[1], 'rb').read())"
+
+
+def analyse(cat: Catalogue, data: bytes, source: str = "log") -> Analyzer:
+    a = Analyzer(cat, source=source)
+    a.feed(data)
+    a.finish()
+    return a
+
+
+def incidents_of(cat: Catalogue, log: Path) -> list[Incident]:
+    return analyse(cat, log.read_bytes(), log.name).incidents()
+
+
+def opened(events: Path) -> list[dict[str, Any]]:
+    """The incident changes an --events file recorded, the last state of each incident id."""
+    last: dict[str, dict[str, Any]] = {}
+    for line in events.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "incident":
+            last[rec["id"]] = rec
+    return list(last.values())
+
+
+def advice(rec: dict[str, Any]) -> tuple[str, str, str]:
+    return rec["kind"], rec["severity"], rec["hint"]
+
+
+def run_child(tmp_path: Path, log: Path, *server_args: str) -> list[dict[str, Any]]:
+    """``specwatch run`` over a child that prints ``log``, with ``server_args`` on its command line."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[analysis]\nsettle = 0.1\n")
+    events = tmp_path / "run-events.jsonl"
+    env = Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=io.StringIO(),
+                      environ={"SPECWATCH_CONFIG": str(cfg)})
+    args = build_parser().parse_args(["--events", str(events), "run", "--no-summary", "--", sys.executable,
+                                      "-c", CAT, str(log), *server_args])
+    assert run_cmd.run(args, env) == 0
+    return opened(events)
+
+
+@pytest.mark.parametrize("verbosity", ["default", "verbose"])
+def test_draft_without_spec_type_gets_the_same_advice_everywhere(tmp_path: Path, verbosity: str) -> None:
+    """-md without --spec-type (b11549): scan, pipe mode and run give the same kind, severity and hint."""
+    log = ENGINE / f"draft-without-spec-type-{verbosity}.log"
+    scanned = json.loads(cli("scan", "--json", str(log)).stdout)["incidents"]
+    events = tmp_path / "pipe-events.jsonl"
+    cli("--events", str(events), stdin=log.read_bytes())
+    piped = opened(events)
+    ran = run_child(tmp_path, log, "-m", "target.gguf", "-md", "draft-same.gguf")
+    assert [advice(i) for i in scanned] == [advice(i) for i in piped] == [advice(i) for i in ran]
+    kind, severity, hint = advice(scanned[0])
+    assert (kind, severity) == ("spec_disabled", "critical")
+    assert "add --spec-type draft-simple" in hint.lower()
+
+
+def test_spec_type_without_draft_advises_giving_a_draft(cat: Catalogue) -> None:
+    """--spec-type draft-simple without -md: give the draft (-md) or drop the type; nothing to 'reload'."""
+    for log in sorted(ENGINE.glob("spec-type-without-draft-*.log")):
+        [inc] = incidents_of(cat, log)
+        assert "-md" in inc.hint and "drop --spec-type" in inc.hint, inc.hint
+        assert "Reload" not in inc.hint
+
+
+@pytest.mark.parametrize("scenario", ["eagle3-with-plain-draft", "dflash-with-plain-draft"])
+def test_head_type_with_a_plain_draft_advises_the_right_draft_kind(cat: Catalogue, scenario: str) -> None:
+    """An EAGLE-3/DFlash type given an ordinary draft: a head made for the target, or --spec-type draft-simple."""
+    for log in sorted(ENGINE.glob(f"{scenario}-*.log")):
+        [inc] = incidents_of(cat, log)
+        assert "--spec-type draft-simple" in inc.hint, inc.hint
+        assert "same model family" not in inc.hint
+
+
+def test_one_slot_draft_kv_failure_is_not_described_per_slot(cat: Catalogue) -> None:
+    """A 1-slot server whose draft KV cache failed once (through a chain of allocator lines) is not told of 2
+    slots, nor to use --parallel 1."""
+    for log in sorted(ENGINE.glob("draft-kv-oom-*.log")):
+        [inc] = incidents_of(cat, log)
+        assert "slots" not in inc.hint and "--parallel" not in inc.hint, inc.hint
+        assert inc.extra.get("failed_allocations") == 1
+
+
+def test_seed_draft_failure_is_described_for_its_four_slots(cat: Catalogue) -> None:
+    """The seed's four slots each failed to create a 7168 MiB draft context: the per-slot lever stays."""
+    inc = incidents_of(cat, SEED)[0]
+    assert "each of the 4 slots" in inc.hint
+
+
+def _advised_values(hint: str) -> dict[str, int]:
+    return {flag: int(v) for flag, v in re.findall(r"(--parallel|Max Concurrent Predictions) (\d+)", hint)}
+
+
+def test_no_hint_advises_a_value_the_server_already_uses(cat: Catalogue) -> None:
+    """Across every sample: no --parallel N equal to the slots the run has, no -ngl advice on the CPU backend."""
+    for log in sorted(SAMPLES.rglob("*.log")):
+        a = analyse(cat, log.read_bytes(), log.name)
+        for inc in a.incidents():
+            run = a.stream.runs[inc.run - 1]
+            slots = run.n_slots or len(run.slots) or None
+            for _, value in _advised_values(inc.hint).items():
+                assert value != slots, (log.name, inc.hint)
+            if inc.device == "CPU":
+                assert "-ngl" not in inc.hint, (log.name, inc.hint)
+
+
+def test_target_oom_on_the_cpu_is_not_told_to_lower_ngl(cat: Catalogue) -> None:
+    """The target's KV cache did not fit in host memory (CPU backend): -ngl would not help."""
+    for log in sorted(ENGINE.glob("target-kv-oom-*.log")):
+        [inc] = incidents_of(cat, log)
+        assert inc.kind == "main_model_oom" and inc.device == "CPU"
+        assert "-ngl" not in inc.hint and "context" in inc.hint
+
+
+def test_lm_studio_log_gets_lm_studio_settings(cat: Catalogue) -> None:
+    """The seed is LM Studio's log: its advice names LM Studio's settings, not llama-server flags."""
+    inc = incidents_of(cat, SEED)[0]
+    assert "Max Concurrent Predictions" in inc.hint and "Context Length" in inc.hint, inc.hint
+    assert not re.search(r"(^|\s)-(-parallel|ctkd|ctvd|c|cd|ngl)\b", inc.hint), inc.hint
+
+
+def test_llama_server_log_keeps_llama_server_flags(cat: Catalogue) -> None:
+    """The same failure in llama-server's own log is told in its flags."""
+    inc = incidents_of(cat, ENGINE / "draft-kv-oom-default.log")[0]
+    assert "-ctkd q8_0" in inc.hint and "Max Concurrent" not in inc.hint
