@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specwatch",
         description="Watchdog for llama.cpp-family servers. With input on stdin, passes every byte through "
                     "and alerts on stderr when speculative decoding (the draft model) fails.",
-        epilog="Example: llama-server -m big.gguf -md draft.gguf 2>&1 | specwatch",
+        epilog="Example: llama-server -m big.gguf -md draft.gguf --spec-type draft-simple 2>&1 | specwatch",
     )
     p.add_argument("--version", action="version", version=f"specwatch {__version__}")
     # Import every command first: their modules register the options and sinks (store, notifications,
