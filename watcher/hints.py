@@ -21,6 +21,8 @@ _LEVERS: dict[str, dict[str, str]] = {
         "parallel": "--parallel {n}",
         "context": "the context (-c)",
         "draft_context": "the draft context (-cd / --spec-draft-ctx-size on older builds, -c overall)",
+        # b9109 removed -cd: the draft's context is the server's.
+        "draft_context_b9109": "the context (-c; the draft's context follows it)",
         "draft_kv_q8": "a q8_0 draft KV cache (-ctkd q8_0 -ctvd q8_0)",
         "gpu_layers": "fewer target GPU layers (-ngl)",
         "fit_target": "keep room with -fitt (--fit-target, MiB per device) or fewer target layers (-ngl)",
@@ -52,7 +54,10 @@ _HEADS = {"eagle3": "EAGLE-3", "dflash": "DFlash", "dspark": "DSpark"}
 
 def _lever(run: Run, name: str, **kw: object) -> str | None:
     """The lever ``name`` in the words of the program that wrote the log, or None where it has none."""
-    words = _LEVERS.get(run.host or "llama.cpp", _LEVERS["llama.cpp"]).get(name)
+    levers = _LEVERS.get(run.host or "llama.cpp", _LEVERS["llama.cpp"])
+    if name == "draft_context" and (run.build or run.min_build or 0) >= 9109:
+        name = "draft_context_b9109" if "draft_context_b9109" in levers else name
+    words = levers.get(name)
     return words.format(**kw) if words else None
 
 
