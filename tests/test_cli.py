@@ -19,7 +19,8 @@ class TestScan:
         assert "Qwen3-30B-A3B-Instruct-2507-Q3_K_L.gguf" in out
         assert "7168 MiB requested on CUDA1" in out
         assert "slots       0-3" in out
-        assert "--parallel 1 needs 7,168 MiB" in out and "3,584 MiB" in out
+        flat = " ".join(out.split())  # the banner wraps its fields
+        assert "Max Concurrent Predictions 1 needs 7,168 MiB" in flat and "3,584 MiB" in flat
         assert "reloaded without its draft" in out
 
     def test_seed_json_has_one_incident_for_the_failure(self) -> None:

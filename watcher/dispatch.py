@@ -85,7 +85,7 @@ class Dispatcher:
             self._guard(s, s.close)
 
     def _release(self, inc: Incident) -> None:
-        sig = (inc.status, tuple(inc.slots), inc.attempts, inc.server_state, inc.mib, inc.device)
+        sig = (inc.status, tuple(inc.slots), inc.attempts, inc.count, inc.server_state, inc.mib, inc.device)
         prev = self._sent.get(id(inc))
         if prev is not None and prev[1] == sig:
             return

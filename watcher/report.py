@@ -22,8 +22,16 @@ class Painter:
         return f"{style}{text}{_OFF}" if self.colour else text
 
 
-def banner(inc: Incident, colour: bool, width: int = 100) -> str:
-    """A block a person cannot miss among thousands of server lines."""
+def milestone(n: int) -> int:
+    """The largest of 1, 2, 5, 10, 20, 50, ... not above ``n``: when a recurring failure is worth a line again."""
+    step = 1
+    while step * 10 <= n:
+        step *= 10
+    return max(m for m in (step, 2 * step, 5 * step) if m <= n) if n >= 1 else 0
+
+
+def banner(inc: Incident, colour: bool, width: int = 100, then: Iterable[Incident] = ()) -> str:
+    """A block a person cannot miss among thousands of server lines; ``then``: incidents this one caused."""
     p = Painter(colour)
     sev = inc.severity.upper()
     head = "SPECWATCH " + ("RESOLVED" if inc.status == "resolved" else sev)
@@ -32,19 +40,25 @@ def banner(inc: Incident, colour: bool, width: int = 100) -> str:
     lines = ["", p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, f"{rule}"),
              p(_BOLD, f"{head}: {inc.title}")]
     lines += _details(inc, width)
+    for f in then:
+        lines += _wrapped("then", f"{f.title} (run {f.run}, lines {f.first_line}-{f.last_line}, id "
+                                  f"{f.key[:8]})", width)
     lines.append(p(_RED if inc.severity == "critical" and inc.status == "open" else _YEL, rule))
     return "\n".join(lines) + "\n"
+
+
+def _wrapped(label: str, value: Any, width: int) -> list[str]:
+    if value in (None, "", []):
+        return []
+    wrapped = textwrap.wrap(str(value), width - 14, break_on_hyphens=False) or [""]
+    return [f"  {label:<11} {wrapped[0]}", *(f"  {'':<11} {w}" for w in wrapped[1:])]
 
 
 def _details(inc: Incident, width: int) -> list[str]:
     out: list[str] = []
 
     def field(label: str, value: Any) -> None:
-        if value in (None, "", []):
-            return
-        wrapped = textwrap.wrap(str(value), width - 14, break_on_hyphens=False) or [""]
-        out.append(f"  {label:<11} {wrapped[0]}")
-        out.extend(f"  {'':<11} {w}" for w in wrapped[1:])
+        out.extend(_wrapped(label, value, width))
 
     field("kind", f"{inc.kind} ({inc.severity}, {inc.confidence})")
     if inc.first_line:
@@ -58,6 +72,8 @@ def _details(inc: Incident, width: int) -> list[str]:
     if inc.device or inc.mib:
         field("memory", f"{inc.mib:.0f} MiB requested on {inc.device or '?'}" if inc.mib else inc.device)
     field("why", inc.reason)
+    if inc.count > 1:
+        field("seen", f"{inc.count} times, one per server load (runs {inc.run}-{inc.extra.get('last_run', inc.run)})")
     field("server", inc.server_state.replace("_", " "))
     field("what to do", inc.hint)
     if inc.status == "resolved":
@@ -81,11 +97,14 @@ def summary(incidents: Iterable[Incident], colour: bool) -> str:
     if not still:
         return p(_GRN, "specwatch: no open incidents") + "\n"
     lines = [p(_BOLD, f"specwatch: {len(still)} open incident(s) at exit:")]
-    for inc in still:
+    causes, followers = _grouped(still)
+    for inc in causes:
         mark = p(_RED, "CRITICAL") if inc.severity == "critical" else p(_YEL, inc.severity.upper())
-        lines.append(f"  {mark} {inc.title}")
+        seen = f" ({inc.count} times)" if inc.count > 1 else ""
+        lines.append(f"  {mark} {inc.title}{seen}")
         if inc.hint:
             lines.append(f"    -> {textwrap.shorten(inc.hint, 180)}")
+        lines.extend(f"    then: {f.title}" for f in followers.get(inc.key, []))
     return "\n".join(lines) + "\n"
 
 
@@ -101,9 +120,25 @@ def scan_report(runs: list[Run], incidents: list[Incident], colour: bool, width:
     if not incidents:
         out.append("  none: " + ("speculation looks healthy" if any(r.spec_confirmed for r in runs)
                                  else "nothing wrong recognised"))
-    for inc in incidents:
-        out.append(banner(inc, colour, width).rstrip("\n"))
+    causes, followers = _grouped(incidents)
+    for inc in causes:
+        out.append(banner(inc, colour, width, followers.get(inc.key, [])).rstrip("\n"))
     return "\n".join(out) + "\n"
+
+
+def _grouped(incidents: Iterable[Incident]) -> tuple[list[Incident], dict[str, list[Incident]]]:
+    """Incidents that stand alone, and those that follow one of them (by its key) listed under it."""
+    items = list(incidents)
+    keys = {i.key for i in items}
+    followers: dict[str, list[Incident]] = {}
+    causes = []
+    for inc in items:
+        cause = str(inc.extra.get("follows") or "")
+        if cause in keys and cause != inc.key:
+            followers.setdefault(cause, []).append(inc)
+        else:
+            causes.append(inc)
+    return causes, followers
 
 
 def _run_lines(run: Run, p: Painter) -> list[str]:

@@ -10,15 +10,36 @@ from watcher.incidents import Incident
 
 
 class BannerSink:
-    """Prints a banner on stderr when an incident opens, a line when it changes or resolves."""
+    """Prints a banner on stderr when an incident opens, a line when it changes or resolves.
+
+    One cause is one banner: an incident that follows another already shown (the host reloaded without the
+    draft that failed) is a line under it, and a failure that recurs at every restart is a line now and then
+    ("still failing, N times": at 2, 5, 10, 20, 50... occurrences), not a banner per restart.
+    """
 
     def __init__(self, stream: TextIO, colour: bool) -> None:
         self.stream = stream
         self.colour = colour
+        self._shown: dict[str, str] = {}  # key -> id8 of incidents that got a banner
+        self._counts: dict[int, int] = {}  # id(incident) -> the occurrence count last told
 
     def incident(self, inc: Incident, change: str) -> None:
         """Write the banner (opened, resolved) or a one-line update."""
-        text = f"specwatch: updated: {inc.title}\n" if change == "updated" else report.banner(inc, self.colour)
+        told = self._counts.get(id(inc))
+        self._counts[id(inc)] = inc.count
+        follows = str(inc.extra.get("follows") or "")
+        if change == "opened" and follows in self._shown:
+            text = f"specwatch: same cause as {self._shown[follows]} above: {inc.title}\n"
+        elif change == "updated" and told is not None and inc.count != told:
+            if report.milestone(inc.count) == report.milestone(told):
+                return
+            text = f"specwatch: still failing, {inc.count} times: {inc.title}\n"
+        elif change == "updated":
+            text = f"specwatch: updated: {inc.title}\n"
+        else:
+            text = report.banner(inc, self.colour)
+        if change == "opened":
+            self._shown[inc.key] = inc.key[:8]
         try:
             self.stream.write(text)
             self.stream.flush()

@@ -65,6 +65,11 @@ MIGRATIONS = [
     ALTER TABLE incidents ADD COLUMN occ_line INTEGER;
     ALTER TABLE incidents ADD COLUMN occ_max_line INTEGER;
     """,
+    # How many times the occurrence last counted had recurred (a restart loop is one incident, counted): a
+    # later record of the same occurrence adds only what is new.
+    """
+    ALTER TABLE incidents ADD COLUMN occ_count INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 
 #: What ``record`` did: the outbox announces ``opened`` and ``reopened``, and ``resolved``.
@@ -206,9 +211,10 @@ class Store:
         with self.transaction() as c:
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
             old = _row(r) if r else None
-            seen = c.execute("SELECT occ_reader, occ_run, occ_line, occ_max_line FROM incidents WHERE key = ?",
-                             (key,)).fetchone()
-            new = old is not None and occ.is_new(*seen)
+            seen = c.execute("SELECT occ_reader, occ_run, occ_line, occ_max_line, occ_count FROM incidents "
+                             "WHERE key = ?", (key,)).fetchone()
+            new = old is not None and occ.is_new(*seen[:4])
+            times = max(int(inc.get("count") or 1), 1)  # server loads this one record stands for
             if change == "opened" and old is not None and not new:
                 change = "updated"  # the same occurrence, read again
             fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
@@ -224,27 +230,32 @@ class Store:
                     what = "resolved"
             elif old is None:
                 c.execute(f"INSERT INTO incidents ({_COLUMNS}) VALUES "  # noqa: S608
-                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, 'open', '', NULL, NULL, '', ?)",
-                          (key, *fields[:8], now, now, now, fields[8]))
+                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'open', '', NULL, NULL, '', ?)",
+                          (key, *fields[:8], now, now, now, times, fields[8]))
                 what = "opened"
             elif change == "updated" and old.status == "resolved" and occ.reader != seen[0]:
                 what = "unchanged"  # another reader's replay of an occurrence that has since resolved
             elif old.status == "resolved" or (old.status == "acknowledged" and change == "opened"):
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
-                          "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + 1, "
+                          "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + ?, "
                           "generation = generation + 1, status = 'open', ack_note = '', acked_at = NULL, "
-                          "resolved_at = NULL, resolution = '' WHERE key = ?", (*fields, now, now, key))
+                          "resolved_at = NULL, resolution = '' WHERE key = ?", (*fields, now, now, times, key))
                 what = "reopened"
             else:
-                bump = 1 if change == "opened" else 0
+                if change == "opened":
+                    bump = times
+                elif occ.reader == seen[0] and (occ.run, occ.line) == (seen[1], seen[2]):
+                    bump = max(times - int(seen[4] or 1), 0)  # the same occurrence, recurred since last told
+                else:
+                    bump = 0
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, count = count + ? WHERE key = ?",
                           (*fields, now, bump, key))
                 what = "repeat" if bump else "updated"
             if what in ("opened", "reopened", "repeat"):
-                c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, "
+                c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, occ_count = ?, "
                           "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?) WHERE key = ?",
-                          (occ.reader, occ.run, occ.line, occ.line, occ.line, key))
+                          (occ.reader, occ.run, occ.line, times, occ.line, occ.line, key))
             if what != "unchanged":
                 c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
                           (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
