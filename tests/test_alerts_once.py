@@ -12,6 +12,7 @@ from watcher.cli import build_parser
 from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
 from watcher.sinks import BannerSink
+from watcher.store import Occurrence, Store
 
 ENGINE = SAMPLES / "engine"
 
@@ -98,3 +99,17 @@ def test_a_second_pipe_adds_its_count_to_the_store() -> None:
     status = json.loads(cli("status", "--json").stdout)
     [row] = status if isinstance(status, list) else status["incidents"]
     assert row["count"] == 203
+
+
+def test_history_keeps_one_row_for_a_restart_loop(tmp_path) -> None:
+    """Five server starts read by five pipes, each failing the same way: the store counts 5, and history has
+    the opening and one 'repeat' row that says 5 times, not five rows."""
+    store = Store.open(tmp_path / "specwatch.db")
+    inc = Incident(kind="draft_context_failed", severity="critical", source="stdin", run=1, draft_model="d.gguf",
+                   first_line=15)
+    for n in range(5):
+        store.record(inc.as_dict(), "opened", float(n), Occurrence(f"pipe-{n}", rereadable=False, run=1, line=15))
+    [row] = store.open_incidents()
+    assert row.count == 5
+    rows = store.history()
+    assert [(what, note) for _, _, what, note, _ in rows] == [("repeat", "5 times"), ("opened", "")]

@@ -256,7 +256,13 @@ class Store:
                 c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, occ_count = ?, "
                           "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?) WHERE key = ?",
                           (occ.reader, occ.run, occ.line, times, occ.line, occ.line, key))
-            if what != "unchanged":
+            last = c.execute("SELECT id, what FROM incident_log WHERE key = ? ORDER BY id DESC LIMIT 1",
+                             (key,)).fetchone()
+            if what == "repeat" and last is not None and last[1] == "repeat":
+                # A restart loop: one history row that keeps the count, not a row per restart.
+                c.execute("UPDATE incident_log SET at = ?, note = (SELECT count || ' times' FROM incidents "
+                          "WHERE key = ?) WHERE id = ?", (now, key, last[0]))
+            elif what != "unchanged":
                 c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
                           (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
