@@ -145,3 +145,18 @@ def test_llama_server_log_keeps_llama_server_flags(cat: Catalogue) -> None:
     """The same failure in llama-server's own log is told in its flags."""
     inc = incidents_of(cat, ENGINE / "draft-kv-oom-default.log")[0]
     assert "-ctkd q8_0" in inc.hint and "Max Concurrent" not in inc.hint
+
+
+def _as_lm_studio(log: Path) -> bytes:
+    """A llama.cpp log as LM Studio writes it: each engine line in a record under its [DEBUG] header."""
+    return b"".join(b"2026-02-20 03:38:44 [DEBUG]\n " + line for line in log.read_bytes().splitlines(keepends=True))
+
+
+def test_lm_studio_low_acceptance_names_its_setting(cat: Catalogue) -> None:
+    """Low acceptance in LM Studio's log: the draft size is a setting there, not --spec-draft-n-max."""
+    log = ENGINE / "draft-low-acceptance-default.log"
+    [plain] = analyse(cat, log.read_bytes()).incidents()
+    [lms] = analyse(cat, _as_lm_studio(log)).incidents()
+    assert plain.kind == lms.kind == "low_acceptance"
+    assert "--spec-draft-n-max" in plain.hint
+    assert "--spec" not in lms.hint and "Speculative Decoding settings" in lms.hint

@@ -18,7 +18,7 @@ def _m(v: float) -> str:
 #: (a log with LM Studio's record headers). A lever a host does not offer is left out of its advice.
 _LEVERS: dict[str, dict[str, str]] = {
     "llama.cpp": {
-        "parallel": "--parallel {n}",
+        "parallel": "--parallel",
         "context": "the context (-c)",
         "draft_context": "the draft context (-cd / --spec-draft-ctx-size on older builds, -c overall)",
         # b9109 removed -cd: the draft's context is the server's.
@@ -26,13 +26,18 @@ _LEVERS: dict[str, dict[str, str]] = {
         "draft_kv_q8": "a q8_0 draft KV cache (-ctkd q8_0 -ctvd q8_0)",
         "gpu_layers": "fewer target GPU layers (-ngl)",
         "fit_target": "keep room with -fitt (--fit-target, MiB per device) or fewer target layers (-ngl)",
+        "draft_max": "lower --spec-draft-n-max",
+        "draft_offload": "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd.",
     },
     "lmstudio": {
-        "parallel": "Max Concurrent Predictions {n}",
+        "parallel": "Max Concurrent Predictions",
         "context": "the model's Context Length",
         "draft_context": "the model's Context Length (the draft gets the same context)",
         "gpu_layers": "less GPU Offload for the main model",
         "fit_target": "keep room by lowering the main model's GPU Offload",
+        "draft_max": "lower the maximum draft size in the Speculative Decoding settings",
+        "draft_offload": "Offload the draft too: LM Studio places it with the main model, so check that the "
+                         "runtime uses the GPU (a GPU runtime selected, GPU Offload above 0).",
     },
 }
 
@@ -157,10 +162,10 @@ def for_incident(inc: Incident, run: Run) -> str:
             return ("Pick a draft from the same model family and tokenizer as the target "
                     f"({basename(inc.model) or 'target'}).")
         case "low_acceptance":
-            return ("The draft predicts the target poorly: use a draft of the same family/fine-tune, lower "
-                    "--spec-draft-n-max, or drop the draft to get its memory back.")
+            return (f"The draft predicts the target poorly: use a draft of the same family/fine-tune, "
+                    f"{_lever(run, 'draft_max')}, or drop the draft to get its memory back.")
         case "draft_on_cpu":
-            return "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd."
+            return str(_lever(run, "draft_offload"))
         case "main_model_oom":
             return _target_memory(inc, run)
         case "spec_runtime_error":
@@ -183,18 +188,18 @@ def _target_memory(inc: Incident, run: Run) -> str:
         return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
                 f"{levers}; or {tail}.")
     # Fewer slots only where the server may run more than one.
-    fewer = _lever(run, "parallel", n="N") if _slots(run) != 1 else None
-    options = [x for x in (_lever(run, "context"), fewer and f"fewer slots ({fewer.replace(' N', '')})") if x]
+    fewer = _lever(run, "parallel") if _slots(run) != 1 else None
+    options = [f"lower {_lever(run, 'context')}", *([f"run fewer slots ({fewer})"] if fewer else [])]
     where = "host memory (CPU backend)" if _on_cpu(inc) else (inc.device or "the device")
     lead = f"The target needed {_m(inc.mib)} more on {where}" if inc.mib else "The target did not fit"
-    return f"{lead}: lower {' or '.join(options)}, or use {tail}."
+    return f"{lead}: {', '.join(options)}, or use {tail}."
 
 
 def _draft_memory(inc: Incident, run: Run) -> str:
     """The seed case: the draft's KV cache did not fit; show what each lever frees."""
     mib = inc.mib
     dev = inc.device or "the device"
-    fewer = _lever(run, "parallel", n=1) if _slots(run) != 1 else None
+    fewer = f"{_lever(run, 'parallel')} 1" if _slots(run) != 1 else None
     if not mib:
         alt = f", fewer slots ({fewer})" if fewer else ""
         return (f"The draft's context did not fit: lower {_lever(run, 'draft_context')}{alt}, or use a smaller "
