@@ -113,3 +113,11 @@ def test_history_keeps_one_row_for_a_restart_loop(tmp_path) -> None:
     assert row.count == 5
     rows = store.history()
     assert [(what, note) for _, _, what, note, _ in rows] == [("repeat", "5 times"), ("opened", "")]
+
+
+def test_silent_failure_after_each_restart_is_counted_once_per_load(cat: Catalogue) -> None:
+    """-md without --spec-type, three loads in a row (default verbosity, concluded from absence): one incident
+    counted 3 times."""
+    a = analyse(cat, (ENGINE / "draft-without-spec-type-default.log").read_bytes() * 3)
+    [inc] = a.incidents()
+    assert (inc.count, inc.confidence, inc.extra.get("last_run")) == (3, "inferred", 3)

@@ -772,6 +772,11 @@ class Stream:
         for sid in sorted(run.slots):
             inc.add_slot(sid)
         inc.hint = hints.for_incident(inc, run)
+        prev = None if "spec_disabled" in run.incidents else self._recurrence(run, "spec_disabled")
+        if prev is not None and prev.extra.get("cause") == inc.extra.get("cause"):
+            prev.count += 1  # the same silent failure after a restart: counted, not raised again
+            prev.extra["last_run"] = run.ordinal
+            inc = prev
         # Kept in the run so summaries see it, and resolved by the state if statistics appear after all.
         run.incidents.setdefault("spec_disabled", inc)
         inc = run.incidents["spec_disabled"]
@@ -873,7 +878,7 @@ class Stream:
             if older is run:
                 continue
             inc = older.incidents.get(kind)
-            if inc is not None and inc.status == "open" and inc.confidence == "certain" \
+            if inc is not None and inc.status == "open" \
                     and basename(inc.model) == basename(run.target_model) \
                     and basename(inc.draft_model) == basename(run.draft_model):
                 return inc
