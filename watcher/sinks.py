@@ -1,12 +1,138 @@
-"""The built-in sinks: the stderr banner and the JSON-lines event log."""
+"""The built-in sinks: the stderr banner and the JSON-lines event log; the writer specwatch's stderr goes through."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
+import os
+import select
+import threading
 from typing import Any, TextIO
 
 from watcher import report
 from watcher.events import Event
 from watcher.incidents import Incident
+
+
+class TerminalWriter(io.TextIOBase):
+    """specwatch's own messages to stderr, written by a thread of their own behind a bounded queue.
+
+    A terminal paused with Ctrl-S (or a stderr pipe nobody reads) blocks every write to it. The banners,
+    notices and retry lines written from the analysis, the copy or the notification threads must never
+    wait for it: the store and the targets are more important than the banner, and the server's output
+    most of all. ``write`` only queues; when more than ``limit`` characters are waiting, a message is
+    dropped and counted, and the count is reported once the terminal takes output again.
+    """
+
+    def __init__(self, stream: TextIO, limit: int = 1024 * 1024) -> None:
+        super().__init__()
+        self.stream = stream
+        self.limit = limit
+        #: Messages dropped because the queue was full.
+        self.dropped = 0
+        self._unreported = 0
+        self._queue: collections.deque[str] = collections.deque()
+        self._queued = 0
+        self._busy = False
+        self._broken = False
+        self._cond = threading.Condition()
+        self._encoding = getattr(stream, "encoding", None) or getattr(getattr(stream, "inner", None), "encoding",
+                                                                      None) or "utf-8"
+        try:
+            # Written with os.write on our own descriptor: a thread blocked inside the buffered sys.stderr
+            # would hold its lock, and the interpreter's exit would then abort trying to flush it.
+            self._fd: int | None = os.dup(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        self._thread = threading.Thread(target=self._run, name="specwatch-stderr", daemon=True)
+        self._thread.start()
+
+    def write(self, s: str) -> int:
+        """Queue ``s`` and return at once; drop it (counted) when the queue is full."""
+        if not s:
+            return 0
+        with self._cond:
+            if self._queued + len(s) > self.limit:
+                self.dropped += 1
+                self._unreported += 1
+                return len(s)
+            if self._unreported:
+                self._report_drops()
+            self._queue.append(s)
+            self._queued += len(s)
+            self._cond.notify_all()
+        return len(s)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer thread writes as soon as it can (see ``drain``)."""
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for everything queued to be written; False if it was not."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def isatty(self) -> bool:
+        """Whether the real stream is a terminal."""
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        """The real stream's descriptor."""
+        return self.stream.fileno()
+
+    def _report_drops(self) -> None:
+        # Called with the lock held. Queued after what was waiting before the drops, so the count
+        # appears where the messages went missing; it may exceed the limit, once.
+        note = (f"specwatch: {self._unreported} message(s) to stderr dropped: it was not taking output "
+                "(a paused terminal?)\n")
+        self._unreported = 0
+        self._queue.append(note)
+        self._queued += len(note)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue))
+                text = "".join(self._queue)
+                self._queue.clear()
+                self._busy = True
+            self._emit(text)
+            with self._cond:
+                self._queued -= len(text)
+                self._busy = False
+                if self._unreported and not self._queue:
+                    self._report_drops()
+                self._cond.notify_all()
+
+    def _emit(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            if self._fd is None:
+                self.stream.write(text)
+                self.stream.flush()
+                return
+            view = memoryview(text.encode(self._encoding, "replace"))
+            while view:
+                try:
+                    n = os.write(self._fd, view)
+                except InterruptedError:
+                    continue
+                except BlockingIOError:
+                    # A non-blocking stderr (set by another process sharing it): wait as a blocking one would.
+                    select.select([], [self._fd], [])
+                    continue
+                view = view[n:]
+        except (OSError, ValueError):
+            # A closed stderr or a reader that left: specwatch's messages are extras, never a reason to fail.
+            self._broken = True
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
 
 
 class BannerSink:

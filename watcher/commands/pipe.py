@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+from typing import TextIO, cast
 
 from watcher import metrics, report
 from watcher.commands._common import Context, build_context, dispatcher, incidents_at_exit
@@ -12,13 +14,26 @@ from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
 from watcher.pipeline import Analyzer
+from watcher.sinks import TerminalWriter
 
 #: Seconds the analysis gets, after the input ended, to finish its backlog.
 CLOSE_WAIT = 30.0
+#: Seconds the exit waits for stderr to take the last banners and the summary (a paused terminal may never).
+TERMINAL_WAIT = 5.0
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Copy stdin to stdout; analyse on the side; print a summary of open incidents at EOF."""
+    # Every message of ours (banners, notices, retry lines, the summary) goes through one writer thread,
+    # so a paused terminal holds up neither the copy nor the store and the notifications.
+    term = TerminalWriter(env.stderr)
+    try:
+        return _run(args, dataclasses.replace(env, stderr=cast(TextIO, term)))
+    finally:
+        term.drain(TERMINAL_WAIT)
+
+
+def _run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     def on_break(exc: OSError) -> None:
         env.stderr.write(f"specwatch: stdout failed ({exc.strerror or exc}); discarding output, "
                          "still reading and watching\n")
@@ -43,8 +58,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         return ExitStatus.USAGE
     pump(read, out, side, wait=is_regular_file(env.stdin))
     if not side.close(timeout=CLOSE_WAIT):
-        # The analysis is stuck (a sink blocked on a stderr nobody reads): the copy is complete, so exit
-        # rather than hang; the summary would block on the same stderr.
+        # The analysis is stuck (a sink that never returns): the copy is complete, so exit rather than hang.
         return ExitStatus.OK
     disp.close()
     incidents = incidents_at_exit(analyzer.incidents(), disp)

@@ -1,0 +1,135 @@
+"""Fault: stderr is a terminal paused with Ctrl-S (a pty whose output is suspended, so every write to it
+blocks). The server's output must keep flowing, and incidents must still reach the store and the targets:
+only the banners wait (or are dropped, with a count) for the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import select
+import subprocess
+import sys
+import termios
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SEED, cli, wait_for
+from tests.notify.conftest import Receiver
+from watcher.sinks import TerminalWriter
+
+#: Filler after the seed log: far more than the analysis backlog (8 MiB) and a pty's buffer.
+CHATTER_MB = 40
+
+
+@pytest.fixture
+def paused_pty() -> Iterator[int]:
+    """The slave end of a pty with output suspended (as Ctrl-S does); its master is never read."""
+    master, slave = os.openpty()
+    termios.tcflow(slave, termios.TCOOFF)
+    yield slave
+    termios.tcflow(slave, termios.TCOON)
+    os.close(slave)
+    os.close(master)
+
+
+def test_a_paused_terminal_stops_neither_the_output_nor_the_recording(paused_pty: int, tmp_path: Path) -> None:
+    """With stderr paused, 40 MB still flow to stdout, and the seed's incident is stored and delivered."""
+    receiver = Receiver()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    conf = tmp_path / "config.toml"
+    # No settling: the banner is due (and blocks, before the fix) while most of the chatter is still to come.
+    conf.write_text("[analysis]\nsettle = 0\n")
+    proc = subprocess.Popen([sys.executable, "-m", "watcher", "--config", str(conf),
+                             "--notify", f"json://127.0.0.1:{receiver.port}/hook"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=paused_pty, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    seed = SEED.read_bytes()
+    line = b"srv  log_server_r: request: POST /completion 127.0.0.1 200 " + b"." * 960 + b"\n"
+    chatter = line * (1024 * 1024 // len(line))
+    sent = len(seed) + CHATTER_MB * len(chatter)
+    received = 0
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError):  # specwatch killed after a failed assertion
+            stdin.write(seed)
+            stdin.flush()
+            for _ in range(CHATTER_MB):
+                stdin.write(chatter)
+            stdin.flush()
+
+    def drain() -> None:
+        nonlocal received
+        while chunk := stdout.read1(1 << 20):
+            received += len(chunk)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    reader = threading.Thread(target=drain, daemon=True)
+    feeder.start()
+    reader.start()
+    try:
+        feeder.join(30)
+        assert not feeder.is_alive(), f"the server upstream stalled after {received} bytes"
+        wait_for(lambda: received == sent, f"all {sent} bytes on stdout (got {received})", limit=30)
+        posts = wait_for(receiver.bodies, "the incident at the HTTP target")
+        assert "Speculative decoding OFF" in str(posts[0])
+        history = wait_for(lambda: "out of memory on CUDA1" in cli("history").out, "the incident in the store")
+        assert history
+        stdin.close()
+        # The exit waits a bounded time for the terminal, never forever.
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        receiver.down()
+
+
+class TestTerminalWriter:
+    def test_writes_in_order_and_flushes_on_close(self) -> None:
+        """Everything written reaches the stream, in order, once ``close`` returns."""
+        out = io.StringIO()
+        w = TerminalWriter(out)
+        for n in range(100):
+            w.write(f"line {n}\n")
+        assert w.drain(10)
+        assert out.getvalue() == "".join(f"line {n}\n" for n in range(100))
+
+    def test_a_stuck_terminal_never_blocks_the_writer_and_drops_are_counted(self, paused_pty: int) -> None:
+        """Writes to a paused pty return at once; past the bound they are dropped and counted; close gives up."""
+        with open(paused_pty, "w", closefd=False) as stream:
+            w = TerminalWriter(stream, limit=4096)
+            for _ in range(1000):
+                w.write("x" * 99 + "\n")
+            assert 0 < w.dropped <= 1000
+            assert not w.drain(0.2)
+
+    def test_after_drops_the_count_is_reported_once_the_terminal_takes_output_again(self) -> None:
+        """Once the terminal moves again, the writer says how many messages it dropped."""
+        m, s = os.openpty()
+        termios.tcflow(s, termios.TCOOFF)
+        try:
+            with open(s, "w", closefd=False) as stream:
+                w = TerminalWriter(stream, limit=1024)
+                for n in range(100):
+                    w.write(f"message {n:03d}\n")
+                dropped = w.dropped
+                assert dropped > 0
+                termios.tcflow(s, termios.TCOON)
+                got = b""
+
+                def seen() -> bool:
+                    nonlocal got
+                    if select.select([m], [], [], 0.1)[0]:
+                        got += os.read(m, 65536)
+                    return f"{dropped} message(s) to stderr dropped".encode() in got
+
+                wait_for(seen, "the count of dropped messages")
+                assert w.drain(10)
+        finally:
+            os.close(s)
+            os.close(m)
