@@ -151,5 +151,5 @@ def test_notify_list_and_test_redact(receiver: Receiver, state: Path) -> None:
     assert cli.run(["notify", "test"], env) == 1
     text = out.getvalue().decode()
     assert "SuperSecretToken123" not in text and "Sekrit99" not in text
-    assert "ok      mmost://127.0.0.1" in text and "FAILED  json://user:****@127.0.0.1:9/x" in text
+    assert "ok      mmost://127.0.0.1" in text and "FAILED  json://user:****@127.0.0.1:9/****" in text
     assert receiver.bodies()[0]["text"].startswith("specwatch test")
