@@ -55,3 +55,75 @@ def test_readme_config_table_lists_every_schema_key() -> None:
     schema = {(table, key) for table, keys in config.SCHEMA.items() for key in keys}
     assert schema - documented == set(), "keys missing from README's config table"
     assert documented - schema == set(), "README documents keys the config file does not accept"
+
+
+NUMERIC = [(table, key) for table, keys in config.SCHEMA.items() for key, (types, _) in keys.items()
+           if int in types or float in types]
+
+
+@pytest.mark.parametrize(("table", "key"), NUMERIC)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "9999999999"])
+def test_every_numeric_key_rejects_non_finite_and_absurd_values(tmp_path, table: str, key: str,
+                                                                value: str) -> None:
+    """NaN, infinities and values far out of range are errors naming the file, the line and the key."""
+    types = config.SCHEMA[table][key][0]
+    if float not in types and value in {"nan", "inf", "-inf", "1e308"}:
+        value = "9223372036854775807"  # the int keys' absurd value
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, f"# comment\n[{table}]\n{key} = {value}\n"))
+    assert f"config.toml:3: key {table}.{key} must be between" in str(e.value)
+
+
+def test_every_numeric_key_has_a_range_shown_in_the_readme() -> None:
+    """A numeric key without a range would take NaN; README's table shows each key's range in its type column."""
+    import re
+
+    import watcher.cli  # noqa: F401 - importing the commands registers every table
+    from tests.conftest import ROOT
+
+    assert set(NUMERIC) == set(config.RANGES)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for table, key in config.RANGES:
+        row = re.search(rf"^\| `\[{table}\] {key}` \| ([^|]+) \|", readme, re.MULTILINE)
+        assert row is not None and config.range_text(table, key) in row[1], (table, key)
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path) -> None:
+    """Both ends of every range are valid values."""
+    for (table, key), (lo, hi) in config.RANGES.items():
+        kind = int if float not in config.SCHEMA[table][key][0] else float
+        for v in (lo, hi):
+            c = config.load(write(tmp_path, f"[{table}]\n{key} = {kind(v)!r}\n"))
+            assert c.get(table, key) == kind(v)
+
+
+def test_backoff_max_below_backoff_is_an_error(tmp_path) -> None:
+    """The longest wait between retries cannot be shorter than the first one."""
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, "[notify]\nbackoff = 60\nbackoff_max = 30\n"))
+    assert "config.toml:3: key notify.backoff_max must not be less than notify.backoff" in str(e.value)
+
+
+class TestUnreadableDefaultConfig:
+    def test_a_default_config_that_is_not_utf8_is_a_one_line_error(self, monkeypatch, tmp_path) -> None:
+        """scan with a binary file at the default config path exits 2 naming the file, without a traceback."""
+        from tests.conftest import SEED, cli
+
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+        (tmp_path / "specwatch").mkdir()
+        (tmp_path / "specwatch" / "config.toml").write_bytes(b"\xff\xfe[analysis]\n")
+        r = cli("scan", str(SEED))
+        assert r.status == 2
+        assert r.stderr == f"specwatch: {tmp_path}/specwatch/config.toml: cannot read config: not UTF-8 text " \
+                           "(byte 0)\n"
+
+    def test_a_default_config_path_that_cannot_be_looked_at_is_a_one_line_error(self, monkeypatch, tmp_path) -> None:
+        """A default config path the system refuses to stat (here: a name too long) is reported, exit 2."""
+        from tests.conftest import SEED, cli
+
+        long_dir = tmp_path / ("d" * 300)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(long_dir))
+        r = cli("scan", str(SEED))
+        assert r.status == 2
+        assert r.stderr.startswith(f"specwatch: {long_dir}/specwatch/config.toml: cannot read config: ")
+        assert r.stderr.count("\n") == 1

@@ -7,6 +7,7 @@ if it exists.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -46,6 +47,20 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
 }
 
 
+#: The range of every numeric key, inclusive: a NaN, an infinity or an absurd value (``settle = 1e308`` holds
+#: every alert back for ever) is an error, not a silent change of behaviour. Every int or float key of SCHEMA
+#: must have one (tests/test_config.py checks, and that README's table shows it).
+RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("analysis", "absent_stats_tasks"): (1, 1000),
+    ("analysis", "low_acceptance"): (0, 1),
+    ("analysis", "acceptance_window"): (1, 10_000_000),
+    ("analysis", "settle"): (0, 60),
+    ("notify", "repeat"): (0, 30 * 86400),
+    ("notify", "backoff"): (0.01, 86400),
+    ("notify", "backoff_max"): (0.01, 86400),
+}
+
+
 @dataclass
 class Config:
     """Validated configuration values (only what was set; callers apply defaults)."""
@@ -65,7 +80,11 @@ def default_path(environ: Mapping[str, str]) -> Path | None:
     from platformdirs import user_config_dir
 
     p = Path(user_config_dir("specwatch")) / "config.toml"
-    return p if p.is_file() else None
+    try:
+        return p if p.is_file() else None
+    except OSError:
+        # There but unreadable (a directory we may not search, a name too long): ``load`` says why.
+        return p
 
 
 def load(path: Path | None) -> Config:
@@ -76,6 +95,8 @@ def load(path: Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: not UTF-8 text (byte {exc.start})") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -98,14 +119,30 @@ def load(path: Path | None) -> Config:
                 raise ConfigError(f"{where}: key {table}.{key} must be {names}, not {type(value).__name__}")
             _check_range(where, table, key, value)
             values.setdefault(table, {})[key] = value
+    notify = values.get("notify", {})
+    if notify.get("backoff_max", math.inf) < notify.get("backoff", 0):
+        raise ConfigError(f"{path}:{_line(text, 'notify', 'backoff_max')}: key notify.backoff_max must not be "
+                          f"less than notify.backoff ({notify['backoff']})")
     return Config(path, values)
 
 
 def _check_range(where: str, table: str, key: str, value: Any) -> None:
-    if key == "low_acceptance" and not 0 <= float(value) <= 1:
-        raise ConfigError(f"{where}: key {table}.{key} must be between 0 and 1")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-        raise ConfigError(f"{where}: key {table}.{key} must not be negative")
+    bounds = RANGES.get((table, key))
+    if bounds is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    lo, hi = bounds
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: key {table}.{key} must be between {_num(lo)} and {_num(hi)}, not {value!r}")
+
+
+def range_text(table: str, key: str) -> str:
+    """A numeric key's range as README's config table shows it, e.g. ``0-60``."""
+    lo, hi = RANGES[(table, key)]
+    return f"{_num(lo)}-{_num(hi)}"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def _line(text: str, table: str | None, key: str) -> int:
