@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,13 +65,19 @@ class Pattern:
     level: str = ""
     source: str = ""
     note: str = ""
+    #: From specwatch's own catalogue (tested for speed), not from a user's pattern file.
+    shipped: bool = False
 
     def match(self, text: str, timeout: float = 0.05) -> dict[str, Any] | None:
         """Typed fields if ``text`` matches, else None. A regex timeout counts as no match."""
         try:
-            m = self.regex.search(text, timeout=timeout)
+            return self.fields(text, timeout)
         except TimeoutError:
             return None
+
+    def fields(self, text: str, timeout: float = 0.05) -> dict[str, Any] | None:
+        """Typed fields if ``text`` matches, else None; raises TimeoutError when the regex takes too long."""
+        m = self.regex.search(text, timeout=timeout)
         if m is None:
             return None
         fields: dict[str, Any] = dict(self.constants)
@@ -85,12 +92,58 @@ class Pattern:
         return fields
 
 
+#: Regex timeouts after which a user's pattern is no longer tried, for the rest of the run.
+GIVE_UP_AFTER = 3
+
+
+class SlowPatterns:
+    """Patterns whose regex hit the timeout, shared by every classifier of a catalogue (one per source).
+
+    A catastrophic regex (nested repetition) costs the whole timeout on every line it is tried on,
+    silently: 2,000 lines took 100 s. The first timeout of a pattern is reported through ``say``; a user's
+    pattern that times out ``limit`` times is disabled for the run, and that is reported too. A shipped
+    pattern is never disabled (its failures must not go unseen); its timeout is a bug to report.
+    """
+
+    def __init__(self, say: Callable[[str], object] | None = None, limit: int = GIVE_UP_AFTER) -> None:
+        self.say = say
+        self.limit = limit
+        #: Timeouts per pattern id.
+        self.timeouts: dict[str, int] = {}
+        #: Ids of the patterns no longer tried.
+        self.disabled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def timed_out(self, pattern: Pattern, timeout: float, where: str) -> None:
+        """``pattern`` took longer than ``timeout`` seconds on the line at ``where``."""
+        with self._lock:
+            n = self.timeouts[pattern.id] = self.timeouts.get(pattern.id, 0) + 1
+            give_up = not pattern.shipped and n >= self.limit and pattern.id not in self.disabled
+            if give_up:
+                self.disabled.add(pattern.id)
+        name = f"pattern {pattern.id!r} ({pattern.origin})"
+        if n == 1:
+            then = ("a bug in specwatch's catalogue: please report it with the line" if pattern.shipped else
+                    f"a regex with nested repetition can take exponential time: simplify it; after {self.limit} "
+                    "timeouts it is no longer tried")
+            self._say(f"specwatch: {name} took over {timeout * 1000:.0f} ms on {where}, counted as no match; "
+                      f"{then}\n")
+        if give_up:
+            self._say(f"specwatch: {name} disabled for the rest of this run after {n} regex timeouts\n")
+
+    def _say(self, text: str) -> None:
+        if self.say is not None:
+            self.say(text)
+
+
 @dataclass(frozen=True)
 class Catalogue:
     """All patterns in load order, plus the literal anchors the prefilter looks for."""
 
     patterns: tuple[Pattern, ...]
     files: tuple[str, ...]
+    #: The run's record of slow patterns (see SlowPatterns); commands point its ``say`` at stderr.
+    slow: SlowPatterns = field(default_factory=SlowPatterns, compare=False, repr=False)
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -132,8 +185,9 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
         raise CatalogueError("no pattern files found")
     patterns: list[Pattern] = []
     ids: dict[str, str] = {}
+    shipped = default_dir().resolve()
     for f in files:
-        for pat in _load_file(f):
+        for pat in _load_file(f, f.resolve().parent == shipped):
             if pat.id in ids:
                 raise CatalogueError(f"{f.name}: pattern {pat.id!r}: id already used in {ids[pat.id]}")
             ids[pat.id] = f.name
@@ -141,7 +195,7 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
     return Catalogue(tuple(patterns), tuple(str(f) for f in files))
 
 
-def _load_file(path: Path) -> Iterator[Pattern]:
+def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -154,10 +208,10 @@ def _load_file(path: Path) -> Iterator[Pattern]:
     if not isinstance(entries, list):
         raise CatalogueError(f"{path.name}: 'pattern' must be an array of tables ([[pattern]])")
     for n, entry in enumerate(entries, 1):
-        yield _compile(path.name, n, origin, entry)
+        yield _compile(path.name, n, origin, entry, shipped)
 
 
-def _compile(fname: str, n: int, origin: str, entry: dict[str, Any]) -> Pattern:
+def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bool = False) -> Pattern:
     pid = str(entry.get("id", f"#{n}"))
     where = f"{fname}: pattern {pid!r}"
     for key in ("id", "event", "anchor", "regex"):
@@ -201,6 +255,7 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any]) -> Pattern:
         level=str(entry.get("level", "")),
         source=str(entry.get("source", "")),
         note=str(entry.get("note", "")),
+        shipped=shipped,
     )
 
 

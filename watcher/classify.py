@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from watcher.catalogue import Catalogue, Pattern
 from watcher.events import Event, Record
 
@@ -28,11 +30,22 @@ class Classifier:
     def classify(self, record: Record) -> Event | None:
         """The event of the first pattern matching ``record``, if any."""
         for p in self.candidates(record.text):
-            fields = p.match(record.text, self.timeout)
+            fields = self._try(p, record)
             if fields is not None:
                 return Event(p.event, p.id, record, fields)
         return None
 
     def matches(self, record: Record) -> list[Pattern]:
         """Every pattern matching ``record`` (for ``patterns test`` and the catalogue's own tests)."""
-        return [p for p in self.candidates(record.text) if p.match(record.text, self.timeout) is not None]
+        return [p for p in self.candidates(record.text) if self._try(p, record) is not None]
+
+    def _try(self, p: Pattern, record: Record) -> dict[str, Any] | None:
+        slow = self.catalogue.slow
+        if slow.disabled and p.id in slow.disabled:
+            return None
+        try:
+            return p.fields(record.text, self.timeout)
+        except TimeoutError:
+            # Counted as no match, but never silently: see SlowPatterns.
+            slow.timed_out(p, self.timeout, f"{record.source}:{record.lineno}")
+            return None

@@ -81,6 +81,7 @@ def build_context(args: argparse.Namespace, env: Environment, banner: bool = Tru
     """Catalogue, settings and sinks for an analysing command."""
     conf = load_config(args, env)
     catalogue = catalogue_for(args, conf)
+    catalogue.slow.say = env.stderr.write  # a pattern hitting the regex timeout is never silent
     defaults = Settings()
     settings = Settings(
         absent_stats_tasks=conf.get("analysis", "absent_stats_tasks", defaults.absent_stats_tasks),
