@@ -80,3 +80,26 @@ def test_every_output_masks_a_webhook_token(tmp_path: Path) -> None:
         assert receiver.bodies(f"/api/{token}"), "the unmasked URL is still the one delivered to"
     finally:
         receiver.down()
+
+
+def test_notify_list_masks_a_label_stored_by_an_older_specwatch(tmp_path: Path) -> None:
+    """A queued row whose stored label still holds the token is listed under its target, token masked."""
+    from watcher.notify.outbox import Outbox
+    from watcher.store import Store
+
+    token = "Zq81kTokenInThePath7x"
+    url = f"json://127.0.0.1:9/hook/{token}"
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store.open(state / "specwatch.db")
+    try:
+        # The label an older specwatch stored: apprise's privacy URL, which shows a webhook's path.
+        assert Outbox(store).enqueue([(parse(url).id, url)], "k" * 16, 1, "opened", "critical", 1.0) == 1
+    finally:
+        store.close()
+    env, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
+    assert cli.run(["notify", "list"], env) == 0
+    text = out.getvalue().decode()
+    assert token not in text
+    assert f"json://127.0.0.1:9/hook/{MASK}  (1 queued)" in text
+    assert f"-> json://127.0.0.1:9/hook/{MASK}, 0 attempts" in text

@@ -45,14 +45,21 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             pending = Outbox(store).pending()
         finally:
             store.close()
+        # Rows queued by an older specwatch may hold a label that masked less (a webhook's path token):
+        # shown as their target's label of today, and redacted whatever they hold.
+        current = {old: t.label for t in targets for old in (t.url, t.url.split("?", 1)[0], t.label)}
+
+        def shown(label: str) -> str:
+            return current.get(label) or redact(label)
+
         by_label: dict[str, int] = {}
         for row in pending:
-            by_label[row[1]] = by_label.get(row[1], 0) + 1
+            by_label[shown(row[1])] = by_label.get(shown(row[1]), 0) + 1
         for t in targets:
             tags = f"  [{','.join(sorted(t.tags))}]" if t.tags else ""
             env.stdout.write(f"{t.label}{tags}  ({by_label.get(t.label, 0)} queued)\n".encode())
         for _rid, label, incident, kind, attempts, _state, due, error in pending:
-            env.stdout.write(f"  queued: {kind} {incident[:8]} -> {label}, {attempts} attempts, next "
+            env.stdout.write(f"  queued: {kind} {incident[:8]} -> {shown(label)}, {attempts} attempts, next "
                              f"{time.strftime('%H:%M:%S', time.localtime(due))}"
                              f"{': ' + redact(error) if error else ''}\n".encode())
         return ExitStatus.OK
