@@ -95,3 +95,23 @@ def test_scan_warns_once_naming_the_pattern(tmp_path: Path) -> None:
     assert len(lines) == 2, r.stderr
     assert f"took over 50 ms on {log}:1" in lines[0]
     assert "disabled for the rest of this run after 3 regex timeouts" in lines[1]
+
+
+class _Descheduled:
+    """A regex whose wall-clock timeout ran out while its thread did not run (a machine busy with the server)."""
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("regex timed out")
+
+
+def test_a_timeout_without_cpu_spent_does_not_count_against_the_pattern(tmp_path: Path) -> None:
+    """Only regex time really spent counts: a pattern is never disabled because the machine was busy."""
+    loaded = _user_catalogue(tmp_path)
+    patterns = tuple(dataclasses.replace(p, regex=_Descheduled()) if p.id == "user.slow" else p
+                     for p in loaded.patterns)
+    said: list[str] = []
+    catalogue = cat.Catalogue(patterns, loaded.files, SlowPatterns(said.append))
+    classifier = Classifier(catalogue)
+    for n in range(1, 21):
+        assert classifier.classify(Record(LINE, n, "server.log")) is None
+    assert catalogue.slow.disabled == set() and said == []
