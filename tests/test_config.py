@@ -127,3 +127,14 @@ class TestUnreadableDefaultConfig:
         assert r.status == 2
         assert r.stderr.startswith(f"specwatch: {long_dir}/specwatch/config.toml: cannot read config: ")
         assert r.stderr.count("\n") == 1
+
+
+def test_settle_nan_is_exit_2_in_scan_and_in_pipe_mode(tmp_path) -> None:
+    """`settle = nan` stops scan with exit 2; pipe mode says why, passes every byte through and exits 2."""
+    from tests.conftest import SEED, cli
+
+    conf = write(tmp_path, "[analysis]\nsettle = nan\n")
+    r = cli("scan", "--config", str(conf), str(SEED))
+    assert (r.status, r.stderr) == (2, f"specwatch: {conf}:2: key analysis.settle must be between 0 and 60, not nan\n")
+    p = cli("--config", str(conf), stdin=b"hello\n")
+    assert p.status == 2 and p.stdout == b"hello\n" and "analysis.settle must be between 0 and 60" in p.stderr
