@@ -99,6 +99,17 @@ class TestTerminalWriter:
         assert w.drain(10)
         assert out.getvalue() == "".join(f"line {n}\n" for n in range(100))
 
+    def test_close_ends_the_thread_and_drops_later_writes(self) -> None:
+        """After drain and close, the writer thread is gone and a late message (a retry line) is dropped."""
+        out = io.StringIO()
+        w = TerminalWriter(out)
+        w.write("last\n")
+        assert w.drain(10)
+        w.close()
+        wait_for(lambda: not w.running, "the writer thread to end")
+        w.write("late\n")
+        assert out.getvalue() == "last\n"
+
     def test_a_stuck_terminal_never_blocks_the_writer_and_drops_are_counted(self, paused_pty: int) -> None:
         """Writes to a paused pty return at once; past the bound they are dropped and counted; close gives up."""
         with open(paused_pty, "w", closefd=False) as stream:

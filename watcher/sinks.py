@@ -36,6 +36,7 @@ class TerminalWriter(io.TextIOBase):
         self._queued = 0
         self._busy = False
         self._broken = False
+        self._closing = False
         self._cond = threading.Condition()
         self._encoding = getattr(stream, "encoding", None) or getattr(getattr(stream, "inner", None), "encoding",
                                                                       None) or "utf-8"
@@ -53,6 +54,8 @@ class TerminalWriter(io.TextIOBase):
         if not s:
             return 0
         with self._cond:
+            if self._closing:
+                return len(s)
             if self._queued + len(s) > self.limit:
                 self.dropped += 1
                 self._unreported += 1
@@ -71,6 +74,18 @@ class TerminalWriter(io.TextIOBase):
         """Wait up to ``timeout`` seconds for everything queued to be written; False if it was not."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self) -> None:
+        """Let the writer thread end once the queue is empty; later writes are dropped (call ``drain`` first)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        super().close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is still there (it ends after ``close``, once the queue is empty)."""
+        return self._thread.is_alive()
 
     def isatty(self) -> bool:
         """Whether the real stream is a terminal."""
@@ -95,7 +110,9 @@ class TerminalWriter(io.TextIOBase):
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue))
+                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
+                if not self._queue:
+                    break
                 text = "".join(self._queue)
                 self._queue.clear()
                 self._busy = True
@@ -103,9 +120,12 @@ class TerminalWriter(io.TextIOBase):
             with self._cond:
                 self._queued -= len(text)
                 self._busy = False
-                if self._unreported and not self._queue:
+                if self._unreported and not self._queue and not self._closing:
                     self._report_drops()
                 self._cond.notify_all()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
     def _emit(self, text: str) -> None:
         if self._broken:

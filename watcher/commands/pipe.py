@@ -31,6 +31,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         return _run(args, dataclasses.replace(env, stderr=cast(TextIO, term)))
     finally:
         term.drain(TERMINAL_WAIT)
+        term.close()
 
 
 def _run(args: argparse.Namespace, env: Environment) -> ExitStatus:
