@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,15 @@ from watcher.pipe import SideAnalysis
 
 SPECWATCH = [sys.executable, "-m", "watcher"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _child_state(_isolated_state: None) -> None:
+    """The specwatch processes these tests start get the test's own state and config dirs, never the user's."""
+    for key in ("SPECWATCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        ENV[key] = os.environ[key]
+    for key in ("SPECWATCH_NOTIFY", "SPECWATCH_CONFIG"):
+        ENV.pop(key, None)
 
 
 class TestPassthrough:
