@@ -59,7 +59,7 @@ def mask_webhook(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return url
-    if parts.scheme.lower() not in WEBHOOK_SCHEMES:
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES or not url[len(parts.scheme):].startswith("://"):
         return url
     path = "/".join(seg if not seg or seg == MASK or _PLAIN_SEGMENT.fullmatch(seg) else MASK
                     for seg in parts.path.split("/"))
