@@ -210,13 +210,13 @@ def test_acknowledged_payload_ends_at_the_ack() -> None:
 
 def test_alertmanager_plugin_wants_acknowledgements() -> None:
     """Only the alertmanager plugin declares acknowledged messages; other targets keep the default set."""
-    from watcher.notify import contract
+    from watcher.notify import plugins
 
-    assert contract.wants("alertmanager://127.0.0.1:9093", "acknowledged")
-    assert contract.wants("alertmanagers://u:****@am.example/", "acknowledged")
+    assert plugins.wants("alertmanager://127.0.0.1:9093", "acknowledged")
+    assert plugins.wants("alertmanagers://u:****@am.example/", "acknowledged")
     for url in ("json://127.0.0.1/hook", "specwatch://", "mmost://host/token", "nosuchscheme://x"):
-        assert not contract.wants(url, "acknowledged")
-        assert contract.wants(url, "resolved") and contract.wants(url, "opened")
+        assert not plugins.wants(url, "acknowledged")
+        assert plugins.wants(url, "resolved") and plugins.wants(url, "opened")
 
 
 def test_apprise_knows_the_schemes() -> None:

@@ -19,11 +19,11 @@ from watcher import catalogue as cat
 from watcher import cli, metrics
 from watcher.classify import Classifier
 from watcher.commands._common import UsageError
-from watcher.commands.patterns import NOISE, RELEVANT
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.framing import Framer, LineSelector
 from watcher.pipeline import Analyzer
+from watcher.relevance import NOISE, RELEVANT
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_LOCAL = ROOT / "samples" / "engine" / "draft-kv-oom-verbose.log"
@@ -117,7 +117,7 @@ def test_acceptance_ratio_and_token_counters() -> None:
     try:
         catalogue = cat.load([cat.default_dir()])
         a = Analyzer(catalogue, source="/var/log/llama/metal-2025-03-28.log")
-        metrics.register(a)
+        sink.analyzer(a)
         a.feed(ACCEPTANCE.read_bytes())
         a.finish()
         run = a.stream.runs[-1]
@@ -133,7 +133,6 @@ def test_acceptance_ratio_and_token_counters() -> None:
         assert _get(s, "specwatch_lines_total", source="metal.log") == a.lines
     finally:
         sink.close()
-    assert metrics.active() is None
 
 
 def test_replaced_analyzer_continues_its_counters() -> None:
@@ -156,9 +155,9 @@ def test_delivery_counters_hide_secrets() -> None:
     """Delivery counters are per target, with tokens reduced to a hash and addresses kept."""
     sink = metrics.start("127.0.0.1", 0)
     try:
-        metrics.delivery("slack://T0SECRET1/B0SECRET2/XXSECRET3", ok=False)
-        metrics.delivery("slack://T0SECRET1/B0SECRET2/XXSECRET3", ok=True)
-        metrics.delivery("alertmanager://user:pw123456@10.0.0.5:9093/?ttl=60", ok=True)
+        sink.delivery("slack://T0SECRET1/B0SECRET2/XXSECRET3", ok=False)
+        sink.delivery("slack://T0SECRET1/B0SECRET2/XXSECRET3", ok=True)
+        sink.delivery("alertmanager://user:pw123456@10.0.0.5:9093/?ttl=60", ok=True)
         host, port = sink.address or ("", 0)
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
             text = r.read().decode()

@@ -169,7 +169,7 @@ def test_poller_feeds_dispatcher_and_resolves(server: _Server) -> None:
 
 
 def test_probe_option_registered_for_analysing_commands() -> None:
-    """--probe is an option of the commands that read logs (through OPTION_HOOKS)."""
+    """--probe is an option of the commands that read logs (one of the listed extensions)."""
     from watcher.cli import build_parser
 
     args = build_parser().parse_args(["scan", "--probe", "http://127.0.0.1:1", "x.log"])

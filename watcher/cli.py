@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from watcher import __version__
+from watcher.commands import notify, patterns, pipe, probe, scan, status, watch
+from watcher.commands import run as run_command
 from watcher.commands._common import UsageError, add_analysis_options
-from watcher.commands.pipe import add_pipe_options
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 
-#: Sub-command modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)``.
-COMMANDS = [
-    "watcher.commands.scan",
-    "watcher.commands.patterns",
-    "watcher.commands.status",
-    "watcher.commands.notify",
-    "watcher.commands.watch",
-    "watcher.commands.run",
-    "watcher.commands.probe",
-]
+#: Sub-command modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)``. Pipe mode
+#: (no sub-command) is ``watcher.commands.pipe``; the options and sinks every analysing command shares are
+#: listed in ``watcher.commands._common.EXTENSIONS``.
+COMMANDS: tuple[ModuleType, ...] = (scan, patterns, status, notify, watch, run_command, probe)
 
 
 class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
@@ -74,13 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: llama-server -m big.gguf -md draft.gguf --spec-type draft-simple 2>&1 | specwatch",
     )
     p.add_argument("--version", action="version", version=f"specwatch {__version__}")
-    # Import every command first: their modules register the options and sinks (store, notifications,
-    # metrics, probes) that pipe mode shares with them.
-    modules = [importlib.import_module(name) for name in COMMANDS]
     add_analysis_options(p)
-    add_pipe_options(p)
+    pipe.add_pipe_options(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in modules:
+    for module in COMMANDS:
         module.add_parser(sub)
     return p
 
@@ -96,8 +88,6 @@ def run(argv: Sequence[str], env: Environment) -> int:
                 parser.print_usage(env.stderr)
                 env.stderr.write("specwatch: pipe a server's output into me, or give a command (see --help)\n")
                 return ExitStatus.USAGE
-            from watcher.commands import pipe
-
             return pipe.run(args, env)
         # Not ExitStatus(...): ``run`` passes the supervised child's own status through, whatever it is.
         return int(handler(args, env))

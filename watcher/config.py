@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the file, the key and the line."""
 
 
-#: Every key the file may hold: table -> key -> (type(s), description); watcher/metrics.py adds [metrics].
+#: Every key the file may hold: table -> key -> (type(s), description).
 #: tests/test_config.py checks the README's config table against it, so the two cannot drift apart.
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "analysis": {
@@ -43,6 +43,10 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "repeat": ((float, int), "seconds between repeats of an open, unacknowledged alert (0: never)"),
         "backoff": ((float, int), "seconds before the first retry of a failed delivery (doubles each time)"),
         "backoff_max": ((float, int), "longest wait between delivery retries, in seconds"),
+    },
+    "metrics": {
+        "listen": ((str,), "HOST:PORT to serve Prometheus metrics on (same as --metrics-listen)"),
+        "allow_remote": ((bool,), "allow a non-loopback metrics address (same as --metrics-allow-remote)"),
     },
 }
 

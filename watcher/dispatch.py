@@ -1,4 +1,5 @@
-"""Hands settled incident changes to the sinks (banner, event log, store, metrics, notifications).
+"""Hands settled incident changes to the sinks (banner, event log, store, metrics, notifications), and wires
+every analyzer to them in one place (:class:`Wiring`), whichever command reads the log.
 
 A failure arrives as a burst of lines (one per slot, one per link of an allocation chain). The
 dispatcher waits until an incident has been quiet for ``settle`` seconds before passing it on, so
@@ -7,13 +8,22 @@ the sinks see one incident naming four slots instead of four incidents.
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
+from watcher.catalogue import Catalogue
+from watcher.config import Config
+from watcher.environment import Environment
 from watcher.events import Event
 from watcher.incidents import Incident
+from watcher.pipeline import Analyzer
+from watcher.state import Settings
+
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -31,6 +41,15 @@ class EventSink(Protocol):
 
     def event(self, ev: Event) -> None:
         """One recognised line."""
+
+
+@dataclass(frozen=True)
+class Extension:
+    """An optional part of every command that reads logs (metrics, notifications, the probe): the options it
+    adds and the sink it builds from them (None when not asked for). The command layer lists them."""
+
+    add_options: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace, Environment, Config], Sink | None]
 
 
 class Dispatcher:
@@ -59,6 +78,13 @@ class Dispatcher:
             fn = getattr(s, "event", None)
             if fn is not None:
                 self._guard(s, fn, ev)
+
+    def delivered(self, target: str, ok: bool) -> None:
+        """One notification delivery attempt to ``target`` (a URL): for the sinks that count them."""
+        for s in self.sinks:
+            fn = getattr(s, "delivery", None)
+            if fn is not None:
+                self._guard(s, fn, target, ok)
 
     def tick(self) -> None:
         """Release incidents that have been quiet long enough."""
@@ -104,3 +130,46 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001
             if self.on_error is not None:
                 self.on_error(sink, exc)
+
+
+class Wiring:
+    """The dispatcher over a command's sinks, and the one place analyzers are made.
+
+    Every analyzer built here sends its events and incidents through the dispatcher and is shown to each
+    sink that wants to watch analyzers (``analyzer(a)``: the metrics endpoint); each sink that produces
+    incidents or wants delivery outcomes gets the dispatcher (``attach(disp)``: the probe poller, the
+    notification worker). A command that builds its analyzers here gets metrics, events and the store
+    without knowing they exist.
+    """
+
+    def __init__(self, catalogue: Catalogue, settings: Settings, sinks: Iterable[Sink], settle: float = 1.0,
+                 on_error: Callable[[Sink, BaseException], None] | None = None) -> None:
+        self.catalogue = catalogue
+        self.settings = settings
+        self.dispatcher = Dispatcher(sinks, settle=settle, on_error=on_error)
+        for sink in self.dispatcher.sinks:
+            attach = getattr(sink, "attach", None)
+            if attach is not None:
+                attach(self.dispatcher)
+
+    def analyzer(self, source: str, *, on_event: Callable[[Event], None] | None = None,
+                 on_incident: Callable[[Incident], None] | None = None) -> Analyzer:
+        """An analyzer of ``source`` wired to every sink. ``on_event``/``on_incident`` are called first, then
+        the dispatcher is (a command's own hooks never replace the sinks')."""
+        disp = self.dispatcher
+        a = Analyzer(self.catalogue, source=source, settings=self.settings,
+                     on_event=disp.event if on_event is None else _both(on_event, disp.event),
+                     on_incident=disp.changed if on_incident is None else _both(on_incident, disp.changed))
+        for sink in disp.sinks:
+            watch = getattr(sink, "analyzer", None)
+            if watch is not None:
+                disp._guard(sink, watch, a)
+        return a
+
+
+def _both(first: Callable[[T], None], then: Callable[[T], None]) -> Callable[[T], None]:
+    def call(x: T) -> None:
+        first(x)
+        then(x)
+
+    return call

@@ -15,76 +15,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
 
 from watcher import __version__
 from watcher import config as cfg
 from watcher._net import is_loopback_host
 from watcher.classify import Classifier
-from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
-from watcher.commands.patterns import NOISE, RELEVANT
+from watcher.dispatch import Extension
 from watcher.environment import Environment
+from watcher.errors import UsageError
 from watcher.events import Event, Record
-from watcher.incidents import KINDS, SEVERITIES, Incident, basename
+from watcher.incidents import KINDS, SEVERITIES, Incident
+from watcher.labels import server_label, source_label, target_label
 from watcher.pipeline import Analyzer
+from watcher.relevance import NOISE, RELEVANT
 from watcher.state import Run
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
 DEFAULT_HOST = "127.0.0.1"
-
-#: Schemes whose host part is a network address, not a token (apprise's slack://TokenA/... is not).
-_HOST_IS_ADDRESS = {"alertmanager", "alertmanagers", "json", "jsons", "xml", "xmls", "form", "forms",
-                    "gotify", "gotifys", "mailto", "mailtos", "http", "https"}
-_DATEISH = re.compile(r"[-_.]?\d[\d\-_.:T]{3,}\d")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]+")
-#: Every word of ``patterns.RELEVANT`` in lower case: containing one is necessary for a RELEVANT match.
+#: Every word of ``watcher.relevance.RELEVANT`` in lower case: containing one is necessary for a RELEVANT match.
 _RELEVANT_WORDS = ("draft", "specul", "mtp", "alloc", "out of memory", "oom", "vocab", "failed", "cannot",
                    "unable", "error")
 
-cfg.SCHEMA.setdefault("metrics", {
-    "listen": ((str,), "HOST:PORT to serve Prometheus metrics on (same as --metrics-listen)"),
-    "allow_remote": ((bool,), "allow a non-loopback metrics address (same as --metrics-allow-remote)"),
-})
-
-
-# -- label hygiene ------------------------------------------------------------------------------------
-def source_label(name: str) -> str:
-    """A short stable name for a log source: the file name without dates, pids or task numbers."""
-    base = basename(name) or name or "-"
-    short = _DATEISH.sub("", base).strip("-_.") or base
-    return _UNSAFE.sub("_", short)[:64]
-
-
-def server_label(model: str | None) -> str:
-    """The target model's file name, the natural name of one inference server."""
-    return _UNSAFE.sub("_", basename(model))[:96] or "unknown"
-
-
-def target_label(url: str) -> str:
-    """A notification target as a label: scheme and address, or scheme and a short hash of the rest.
-
-    Never the user, password, path or query, where apprise URLs keep their tokens.
-    """
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower() or "unknown"
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        scheme, host, port = "unknown", "", None
-    if scheme in _HOST_IS_ADDRESS and host:
-        return f"{scheme}://{host}{f':{port}' if port else ''}"
-    digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:8]
-    return f"{scheme}://#{digest}"
 
 
 # -- listen address ---------------------------------------------------------------------------------
@@ -318,10 +276,7 @@ def _tokens(analyzer: Analyzer) -> dict[str, tuple[int, int]]:
     return out
 
 
-# -- the sink and the module-level API ----------------------------------------------------------
-_ACTIVE: Metrics | None = None
-
-
+# -- the sink ------------------------------------------------------------------------------------
 class MetricsSink:
     """The dispatcher's view of the metrics: counts incidents; ``close`` stops the HTTP server."""
 
@@ -342,9 +297,16 @@ class MetricsSink:
         """Count the change."""
         self.metrics.incident(inc, change)
 
+    def analyzer(self, analyzer: Analyzer) -> None:
+        """Export a new analyzer's live state (every analyzer a command builds comes here)."""
+        self.metrics.register(analyzer)
+
+    def delivery(self, target: str, ok: bool) -> None:
+        """Count one notification delivery attempt."""
+        self.metrics.delivery(target, ok)
+
     def close(self) -> None:
         """Stop serving."""
-        global _ACTIVE
         if self.server is not None:
             # The serve loop notices a shutdown only on its next poll, half a second away; a connection
             # wakes it at once, so specwatch (and a supervised server's exit status) is not held up.
@@ -356,36 +318,15 @@ class MetricsSink:
             stopper.join()
             self.server.server_close()
             self.server = None
-        if _ACTIVE is self.metrics:
-            _ACTIVE = None
 
 
 def start(host: str, port: int) -> MetricsSink:
-    """Serve a fresh registry on ``host:port`` and make it the one ``register``/``delivery`` feed."""
-    global _ACTIVE
+    """Serve a fresh registry on ``host:port``."""
     from prometheus_client import start_http_server
 
     metrics = Metrics()
     server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    _ACTIVE = metrics
     return MetricsSink(metrics, server, thread)
-
-
-def register(analyzer: Analyzer, name: str | None = None) -> None:
-    """Export an analyzer's live state; a no-op without ``--metrics-listen``. Call once per analyzer."""
-    if _ACTIVE is not None:
-        _ACTIVE.register(analyzer, name)
-
-
-def delivery(target: str, ok: bool) -> None:
-    """Count one delivery attempt to ``target`` (a URL; secrets are dropped here); no-op without metrics."""
-    if _ACTIVE is not None:
-        _ACTIVE.delivery(target, ok)
-
-
-def active() -> Metrics | None:
-    """The metrics being served, if any."""
-    return _ACTIVE
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -417,5 +358,4 @@ def sink_from_args(args: argparse.Namespace, env: Environment, conf: cfg.Config)
     return sink
 
 
-OPTION_HOOKS.append(add_options)
-SINK_FACTORIES.append(sink_from_args)
+EXTENSION = Extension(add_options, sink_from_args)

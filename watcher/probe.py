@@ -9,6 +9,8 @@ export them. Builds without the counters are judged on the ``/slots`` flag alone
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import threading
 import urllib.error
@@ -19,6 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from watcher._net import is_loopback_host
+from watcher.config import Config
+from watcher.dispatch import Dispatcher, Extension
+from watcher.environment import Environment
+from watcher.errors import UsageError
 from watcher.incidents import Incident
 
 #: Generated tokens after which "no drafted tokens" means speculation is not happening.
@@ -248,3 +254,56 @@ class Poller:
                     self.on_error(f"probe {self.url} stopped: {exc!r}")
                 return
             self._stop.wait(self.interval)
+
+
+# -- --probe URL on the commands that read logs -------------------------------------------------
+def _options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("probe")
+    g.add_argument("--probe", metavar="URL", help="also poll this llama-server's /props, /slots, /metrics")
+    g.add_argument("--probe-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between polls (default 30)")
+    g.add_argument("--probe-allow-remote", action="store_true", help="allow a --probe host that is not loopback")
+    g.add_argument("--probe-expect-spec", action="store_true",
+                   help="slots without a speculator are a finding even if nothing says speculation is configured")
+
+
+class ProbeSink:
+    """Carries a poller; ``attach`` gives it the dispatcher its findings go through."""
+
+    def __init__(self, url: str, interval: float, expect: bool, env: Environment) -> None:
+        self.url, self.interval, self.expect, self.env = url, interval, expect, env
+        self.poller: Poller | None = None
+
+    def attach(self, disp: Dispatcher) -> None:
+        """Start polling; findings go to ``disp.changed`` like the log's incidents."""
+        if self.poller is None:
+            self.poller = Poller(self.url, self.interval, disp.changed, self.expect, self._warn)
+            self.poller.start()
+
+    def _warn(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.env.stderr.write(f"specwatch: {text}\n")
+
+    def incident(self, inc: Incident, change: str) -> None:
+        """Log incidents need nothing from the probe."""
+
+    def close(self) -> None:
+        """Stop polling."""
+        if self.poller is not None:
+            self.poller.stop()
+
+
+def _factory(args: argparse.Namespace, env: Environment, _conf: Config) -> ProbeSink | None:
+    url = getattr(args, "probe", None)
+    if not url:
+        return None
+    try:
+        base = check_url(url, bool(getattr(args, "probe_allow_remote", False)))
+    except ProbeError as exc:
+        raise UsageError(f"--probe: {exc}") from exc
+    return ProbeSink(base, float(getattr(args, "probe_interval", 30.0)),
+                     bool(getattr(args, "probe_expect_spec", False)), env)
+
+
+#: ``--probe`` and its sink, for every command that reads logs.
+EXTENSION = Extension(_options, _factory)

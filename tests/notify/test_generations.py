@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import cli, wait_for
 from tests.notify.conftest import Receiver, incident, make_env
 from watcher.incidents import Incident
-from watcher.notify import contract
+from watcher.notify import plugins
 from watcher.notify.outbox import Outbox
 from watcher.notify.sink import StoreSink
 from watcher.notify.targets import parse
@@ -152,15 +152,15 @@ def test_queueing_failure_rolls_the_incident_back(state: Path, monkeypatch: pyte
     env, _, _ = make_env({})
     s = StoreSink(state / "specwatch.db", [parse(url)], FAST, env, exit_grace=0.0)
     store = Store.open(state / "specwatch.db")
-    real = contract.wants
+    real = plugins.wants
 
     def crash(u: str, kind: str) -> bool:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(contract, "wants", crash)
+    monkeypatch.setattr(plugins, "wants", crash)
     with pytest.raises(RuntimeError):
         s._record(Outbox(store), incident().as_dict(), "opened", time.time())
-    monkeypatch.setattr(contract, "wants", real)
+    monkeypatch.setattr(plugins, "wants", real)
     assert store.get(incident().key) is None
     s._record(Outbox(store), incident().as_dict(), "opened", time.time())  # the replay
     s.close()

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from watcher import catalogue as cat
 from watcher import config as cfg
-from watcher.dispatch import Dispatcher, Sink
+from watcher import metrics, probe
+from watcher.dispatch import Dispatcher, Extension, Sink, Wiring
 from watcher.environment import Environment
+from watcher.errors import UsageError
 from watcher.incidents import Incident
+from watcher.notify import sink as notify_sink
 from watcher.sinks import BannerSink, EventLogSink
 from watcher.state import Settings
 
-#: Builders of extra sinks (store, notifications, metrics), registered by the modules that own them,
-#: so this module does not need to know every sink there is.
-SINK_FACTORIES: list[Callable[[argparse.Namespace, Environment, cfg.Config], Sink | None]] = []
-#: Hooks that add options of those modules to every analysing command.
-OPTION_HOOKS: list[Callable[[argparse.ArgumentParser], None]] = []
+__all__ = ["EXTENSIONS", "Context", "UsageError", "add_analysis_options", "build_context", "catalogue_for",
+           "incidents_at_exit", "load_catalogue", "load_config", "wire"]
 
-
-class UsageError(Exception):
-    """Bad input or configuration: printed as one line, exit status 2."""
+#: The optional parts of every command that reads logs, in the order --help shows their options and the
+#: dispatcher feeds their sinks: the metrics endpoint, the store and notifications, the probe poller.
+EXTENSIONS: tuple[Extension, ...] = (metrics.EXTENSION, notify_sink.EXTENSION, probe.EXTENSION)
 
 
 def add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -39,8 +38,8 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--events", metavar="FILE",
                    help="write every recognised event and incident as JSON lines to FILE ('-' for stderr)")
     g.add_argument("--source", metavar="NAME", help="name of this log source in incidents (default: stdin / the file)")
-    for hook in OPTION_HOOKS:
-        hook(p)
+    for ext in EXTENSIONS:
+        ext.add_options(p)
 
 
 @dataclass
@@ -94,8 +93,8 @@ def build_context(args: argparse.Namespace, env: Environment, banner: bool = Tru
     events = getattr(args, "events", None)
     if events:
         ctx.sinks.append(EventLogSink(*_open_events(events, env)))
-    for factory in SINK_FACTORIES:
-        sink = factory(args, env, conf)
+    for ext in EXTENSIONS:
+        sink = ext.build(args, env, conf)
         if sink is not None:
             ctx.sinks.append(sink)
     return ctx
@@ -117,8 +116,9 @@ def incidents_at_exit(own: list[Incident], disp: Dispatcher) -> list[Incident]:
     return [*own, *(i for i in disp.all.values() if id(i) not in mine)]
 
 
-def dispatcher(ctx: Context, env: Environment) -> Dispatcher:
-    """A dispatcher over the context's sinks that reports sink failures on stderr, once per sink."""
+def wire(ctx: Context, env: Environment) -> Wiring:
+    """The dispatcher over the context's sinks (reporting a failing sink on stderr, once per sink), and the
+    factory every analysing command builds its analyzers with."""
     warned: set[int] = set()
 
     def on_error(sink: Sink, exc: BaseException) -> None:
@@ -128,11 +128,4 @@ def dispatcher(ctx: Context, env: Environment) -> Dispatcher:
         with contextlib.suppress(OSError, ValueError):
             env.stderr.write(f"specwatch: {type(sink).__name__} failed: {exc}\n")
 
-    disp = Dispatcher(ctx.sinks, settle=ctx.settle, on_error=on_error)
-    for sink in ctx.sinks:
-        # Sinks that also produce incidents (the --probe poller) feed them back through the dispatcher.
-        attach = getattr(sink, "attach", None)
-        if attach is not None:
-            attach(disp)
-    return disp
-
+    return Wiring(ctx.catalogue, ctx.settings, ctx.sinks, settle=ctx.settle, on_error=on_error)

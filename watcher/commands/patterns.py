@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,7 @@ from watcher.commands._common import UsageError, catalogue_for, load_config
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.framing import Framer
-
-#: Words that make a line look like it matters for speculation or memory. A line with one of them that
-#: no pattern matches is the early sign that a llama.cpp build says something new.
-RELEVANT = re.compile(r"draft|specul|\bMTP\b|alloc|out of memory|\bOOM\b|vocab|failed|cannot|unable|error",
-                      re.IGNORECASE)
-#: Lines that contain a relevant word but are known noise (model metadata dumps, tokenizer tables).
-NOISE = re.compile(r"llama_model_loader: - kv|print_info:|- type\s+\w+:|load: control token|^\s*$")
+from watcher.relevance import NOISE, RELEVANT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

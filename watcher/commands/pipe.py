@@ -7,8 +7,8 @@ import contextlib
 import dataclasses
 from typing import TextIO, cast
 
-from watcher import metrics, report
-from watcher.commands._common import Context, build_context, dispatcher, incidents_at_exit
+from watcher import report
+from watcher.commands._common import Context, build_context, incidents_at_exit, wire
 from watcher.dispatch import Dispatcher
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
@@ -73,10 +73,9 @@ def _run(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _start(args: argparse.Namespace, ctx: Context, env: Environment) -> tuple[Dispatcher, Analyzer, SideAnalysis]:
-    disp = dispatcher(ctx, env)
-    analyzer = Analyzer(ctx.catalogue, source=args.source or "stdin", settings=ctx.settings,
-                        on_event=disp.event, on_incident=disp.changed)
-    metrics.register(analyzer)
+    wiring = wire(ctx, env)
+    disp = wiring.dispatcher
+    analyzer = wiring.analyzer(args.source or "stdin")
     return disp, analyzer, SideAnalysis(analyzer, disp.tick, env.stderr.write)
 
 

@@ -1,18 +1,14 @@
-"""``specwatch probe URL``, and ``--probe URL`` for the commands that read logs."""
+"""``specwatch probe URL``: ask a running server whether it speculates (``--probe`` lives in watcher.probe)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
-from watcher import config as cfg
 from watcher import probe as pr
-from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
-from watcher.dispatch import Dispatcher
+from watcher.commands._common import UsageError
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.incidents import Incident
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,55 +44,3 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.stdout.write(("\n".join(lines) + "\n").encode())
     env.stdout.flush()
     return ExitStatus.INCIDENTS if v.finding else ExitStatus.OK
-
-
-def _options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("probe")
-    g.add_argument("--probe", metavar="URL", help="also poll this llama-server's /props, /slots, /metrics")
-    g.add_argument("--probe-interval", type=float, default=30.0, metavar="SECONDS",
-                   help="seconds between polls (default 30)")
-    g.add_argument("--probe-allow-remote", action="store_true", help="allow a --probe host that is not loopback")
-    g.add_argument("--probe-expect-spec", action="store_true",
-                   help="slots without a speculator are a finding even if nothing says speculation is configured")
-
-
-class ProbeSink:
-    """Carries a poller; ``attach`` gives it the dispatcher its findings go through."""
-
-    def __init__(self, url: str, interval: float, expect: bool, env: Environment) -> None:
-        self.url, self.interval, self.expect, self.env = url, interval, expect, env
-        self.poller: pr.Poller | None = None
-
-    def attach(self, disp: Dispatcher) -> None:
-        """Start polling; findings go to ``disp.changed`` like the log's incidents."""
-        if self.poller is None:
-            self.poller = pr.Poller(self.url, self.interval, disp.changed, self.expect, self._warn)
-            self.poller.start()
-
-    def _warn(self, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.env.stderr.write(f"specwatch: {text}\n")
-
-    def incident(self, inc: Incident, change: str) -> None:
-        """Log incidents need nothing from the probe."""
-
-    def close(self) -> None:
-        """Stop polling."""
-        if self.poller is not None:
-            self.poller.stop()
-
-
-def _factory(args: argparse.Namespace, env: Environment, _conf: cfg.Config) -> ProbeSink | None:
-    url = getattr(args, "probe", None)
-    if not url:
-        return None
-    try:
-        base = pr.check_url(url, bool(getattr(args, "probe_allow_remote", False)))
-    except pr.ProbeError as exc:
-        raise UsageError(f"--probe: {exc}") from exc
-    return ProbeSink(base, float(getattr(args, "probe_interval", 30.0)),
-                     bool(getattr(args, "probe_expect_spec", False)), env)
-
-
-OPTION_HOOKS.append(_options)
-SINK_FACTORIES.append(_factory)

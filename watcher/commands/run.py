@@ -7,12 +7,12 @@ import threading
 from typing import BinaryIO, TextIO
 
 from watcher import report
-from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher, incidents_at_exit
+from watcher.commands._common import UsageError, add_analysis_options, build_context, incidents_at_exit, wire
 from watcher.environment import Environment
+from watcher.events import Event
 from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
 from watcher.pipe import Passthrough, SideAnalysis
-from watcher.pipeline import Analyzer
 from watcher.sources.child import FAILURE_KINDS, Child, SpecExpectation, forwarding, shell_status, spec_args
 
 
@@ -81,17 +81,18 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     stopper = _Stopper()
     if args.on_spec_failure == "exit":
         ctx.sinks.append(stopper)
-    disp = dispatcher(ctx, env)
+    wiring = wire(ctx, env)
+    disp = wiring.dispatcher
     source = args.source or argv[0].rsplit("/", 1)[-1]
     spec = spec_args(argv)
-    analyzer = Analyzer(ctx.catalogue, source=source, settings=ctx.settings, on_incident=disp.changed)
+
+    def on_event(ev: Event) -> None:
+        # The expectation sees each event before the sinks do; it reads the analyzer's stream, so it is
+        # made just below, before the first event can arrive.
+        expect.event(ev)
+
+    analyzer = wiring.analyzer(source, on_event=on_event)
     expect = SpecExpectation(spec, analyzer.stream)
-
-    def on_event(ev: object) -> None:
-        expect.event(ev)  # type: ignore[arg-type]
-        disp.event(ev)  # type: ignore[arg-type]
-
-    analyzer.on_event = on_event
 
     def tick() -> None:
         expect.check()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from watcher import report
-from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher
+from watcher.commands._common import UsageError, add_analysis_options, build_context, wire
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.pipeline import Analyzer
@@ -29,12 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Scan every file; each file is its own source with its own state."""
     ctx = build_context(args, env, banner=False)
-    disp = dispatcher(ctx, env)
+    wiring = wire(ctx, env)
+    disp = wiring.dispatcher
     analyzers = []
     for name in args.files:
         source = args.source or ("stdin" if name == "-" else name)
-        a = Analyzer(ctx.catalogue, source=source, settings=ctx.settings, on_event=disp.event,
-                     on_incident=disp.changed)
+        a = wiring.analyzer(source)
         try:
             if name == "-":
                 _feed(a, env.stdin)

@@ -14,7 +14,7 @@ from types import FrameType
 
 from watcher import paths
 from watcher.checkpoints import Checkpoints
-from watcher.commands._common import UsageError, add_analysis_options, build_context, dispatcher
+from watcher.commands._common import UsageError, add_analysis_options, build_context, wire
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
@@ -97,21 +97,16 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
     if not targets and not args.journal:
         raise UsageError("watch: give at least one PATH, --lmstudio or --journal UNIT")
     ctx = build_context(args, env)
-    disp = dispatcher(ctx, env)
+    wiring = wire(ctx, env)
+    disp = wiring.dispatcher
     try:
         store = Checkpoints.open(paths.db_path(env.environ, getattr(args, "state_dir", None)))
     except Exception as exc:
         raise UsageError(f"cannot open the state database: {exc}") from exc
     last_change = [0.0]
 
-    def changed(inc: Incident) -> None:
+    def changed(_inc: Incident) -> None:
         last_change[0] = time.monotonic()
-        disp.changed(inc)
-
-    def event(ev: object) -> None:
-        disp.event(ev)  # type: ignore[arg-type]
-        if on_event is not None:
-            on_event(ev)
 
     def ready() -> bool:
         # Checkpoints wait until every incident the processed lines raised has reached the sinks.
@@ -121,7 +116,7 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
 
     def make(source: str) -> Analyzer:
         name = args.source or source.removeprefix("journal:")
-        return Analyzer(ctx.catalogue, source=name, settings=ctx.settings, on_event=event, on_incident=changed)
+        return wiring.analyzer(name, on_event=on_event, on_incident=changed)
 
     def say(path: str, msg: str) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -31,7 +31,7 @@ from apprise import manager_plugins
 from apprise.plugins import base as apprise_base
 
 from watcher.incidents import basename
-from watcher.metrics import source_label
+from watcher.labels import source_label
 from watcher.notify.contract import DEFAULT_MESSAGES, current
 
 DEFAULT_PORT = 9093
@@ -230,6 +230,3 @@ def register() -> None:
     mgr = plugins.NotificationManager()
     if "alertmanager" not in mgr:
         mgr.add(NotifyAlertmanager)
-
-
-register()

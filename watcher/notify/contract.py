@@ -53,32 +53,6 @@ DEFAULT_MESSAGES = frozenset({"opened", "repeat", "resolved"})
 MESSAGES = frozenset({"opened", "repeat", "resolved", "acknowledged"})
 
 
-def load_plugins() -> None:
-    """Register specwatch's own apprise schemes (``specwatch://``, ``alertmanager[s]://``); idempotent."""
-    from watcher.notify import alertmanager, desktop  # noqa: F401 - importing registers them
-
-
-def messages_for(url: str) -> frozenset[str]:
-    """The message kinds the plugin behind ``url`` (an apprise URL, masked or not) declares it wants."""
-    from apprise import manager_plugins
-
-    load_plugins()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    manager: Any = manager_plugins.NotificationManager
-    plugins: Any = manager()
-    try:
-        plugin = plugins[scheme] if scheme and scheme in plugins else None
-    except KeyError:
-        plugin = None
-    declared = getattr(plugin, "specwatch_messages", None)
-    return frozenset(declared) & MESSAGES if declared is not None else DEFAULT_MESSAGES
-
-
-def wants(url: str, message: str) -> bool:
-    """Whether the target at ``url`` is to be sent ``message`` (opened/repeat/resolved/acknowledged) messages."""
-    return message in messages_for(url)
-
-
 def _no_ack(keys: Sequence[str], note: str) -> list[str]:  # noqa: ARG001 - same signature as the real one
     return []
 

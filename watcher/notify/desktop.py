@@ -155,7 +155,6 @@ def _send_other(delivery: Delivery, title: str, body: str, with_ack: bool) -> bo
     return True
 
 
-@apprise.decorators.notify(on="specwatch", name="specwatch desktop (stays until dismissed)")  # type: ignore[untyped-decorator,no-untyped-call]
 def _notify(body: str, title: str, notify_type: str, meta: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
     del notify_type, args, kwargs
     d = current() or Delivery(target_id="", title=title, body=body, severity="warning")
@@ -164,3 +163,13 @@ def _notify(body: str, title: str, notify_type: str, meta: dict[str, Any], *args
         return _send_other(d, title or d.title, body, with_ack)
     client().notify(d, title or d.title, body, with_ack)
     return True
+
+
+def register() -> None:
+    """Make apprise know the specwatch:// scheme (idempotent)."""
+    from apprise import manager_plugins
+
+    plugins: Any = manager_plugins
+    if "specwatch" not in plugins.NotificationManager():
+        decorate: Any = apprise.decorators.notify
+        decorate(on="specwatch", name="specwatch desktop (stays until dismissed)")(_notify)

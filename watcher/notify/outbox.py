@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher import db
-from watcher.notify import contract
+from watcher.notify import plugins
 from watcher.store import Occurrence, Store, StoredIncident
 
 COMPONENT = "outbox"
@@ -148,7 +148,7 @@ class Outbox:
 
         ``wanted(row, kind)`` names the (target id, label) pairs that get an ``opened`` or ``resolved``
         message. A reopened incident's pending messages of older generations are cancelled; a resolved one's
-        pending repeats too. Call ``contract.load_plugins()`` first when there are targets: the first import
+        pending repeats too. Call ``plugins.load()`` first when there are targets: the first import
         takes a while, and inside the write transaction it would hold the database lock.
         """
         added = 0
@@ -179,7 +179,7 @@ class Outbox:
         message and whose plugin wants acknowledgements; the outbox knows those targets by their rows, so the
         process acknowledging needs no configuration of its own.
         """
-        contract.load_plugins()  # not inside the write transaction: the first import takes a while
+        plugins.load()  # not inside the write transaction: the first import takes a while
         out = Acknowledged()
 
         def then(c: sqlite3.Connection, inc: StoredIncident) -> None:
@@ -188,7 +188,7 @@ class Outbox:
                                   "AND kind = 'opened' AND state != 'cancelled' ORDER BY id",
                                   (inc.key, inc.generation)).fetchall()
             for target, label in announced:
-                if not contract.wants(label, "acknowledged"):
+                if not plugins.wants(label, "acknowledged"):
                     continue
                 cur = c.execute("INSERT OR IGNORE INTO outbox (target, label, incident, generation, kind, seq, "
                                 "severity, created, due) VALUES (?, ?, ?, ?, 'acknowledged', 0, ?, ?, ?)",

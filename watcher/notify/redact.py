@@ -37,9 +37,9 @@ def privacy_url(url: str) -> str:
     try:
         import apprise
 
-        from watcher.notify.contract import load_plugins
+        from watcher.notify import plugins
 
-        load_plugins()  # so our own schemes are masked by their plugin too
+        plugins.load()  # so our own schemes are masked by their plugin too
         obj = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     except Exception:  # noqa: BLE001 - a URL apprise chokes on still gets masked below
         obj = None

@@ -5,7 +5,8 @@ wakes the delivery worker (started only when targets are configured). At exit th
 queued, gives delivery a short grace period, and leaves anything undelivered in the outbox for the next
 specwatch process with targets (a pipe, ``watch``, ``run`` or ``specwatch notify flush``).
 
-Importing this module registers the sink and its options with every analysing command.
+The notification worker reports each delivery attempt to the dispatcher the sink is attached to, for the
+metrics endpoint.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 
 from watcher import config as cfg
 from watcher import paths
-from watcher.commands._common import OPTION_HOOKS, SINK_FACTORIES, UsageError
+from watcher.dispatch import Dispatcher, Extension
 from watcher.environment import Environment
+from watcher.errors import UsageError
 from watcher.incidents import Incident
-from watcher.notify import contract
+from watcher.notify import plugins
 from watcher.notify import targets as tg
 from watcher.notify.outbox import Outbox
 from watcher.notify.worker import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, Settings, Worker
@@ -64,6 +66,11 @@ class StoreSink:
         with contextlib.suppress(OSError, ValueError):
             self.env.stderr.write(text.rstrip() + "\n")
 
+    def attach(self, disp: Dispatcher) -> None:
+        """Report every delivery attempt through ``disp`` (counted by the metrics endpoint)."""
+        if self.worker is not None:
+            self.worker.on_result = lambda res: disp.delivered(res.target.url, res.ok)
+
     def incident(self, inc: Incident, change: str) -> None:
         """Queue a snapshot; the analysis thread never waits for the disk or the network."""
         self.queue.put((inc.as_dict(), change, self.env.clock()))
@@ -75,7 +82,7 @@ class StoreSink:
             if self.targets:
                 # apprise and the plugins load only for someone to notify: without targets the store alone is
                 # kept (apprise is a third of pipe mode's CPU on a 32 MiB log).
-                contract.load_plugins()
+                plugins.load()
         except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
             self._log(f"specwatch: incidents are not recorded or notified: {exc}")
             store.close()
@@ -97,7 +104,7 @@ class StoreSink:
     def _record(self, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
         def wanted(row: StoredIncident, kind: str) -> list[tuple[str, str]]:
             # The severity filter and the plugin's declared messages decide, for every kind alike.
-            return [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and contract.wants(t.url, kind)]
+            return [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and plugins.wants(t.url, kind)]
 
         # One transaction: the incident, its messages and the cancelled ones commit together or not at all.
         _what, _row, added = outbox.record(inc, change, now, wanted, Occurrence.of(inc, self.reader, self.rereadable))
@@ -165,5 +172,4 @@ def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> Store
         raise UsageError(f"state dir: {exc}") from exc
 
 
-OPTION_HOOKS.append(add_options)
-SINK_FACTORIES.append(build)
+EXTENSION = Extension(add_options, build)

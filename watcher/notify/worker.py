@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watcher.notify import contract, message
+from watcher.notify import message, plugins
 from watcher.notify.contract import CURRENT, Delivery
 from watcher.notify.outbox import Outbox, Row, owner_id
 from watcher.notify.redact import Redactor
@@ -64,7 +64,7 @@ def send(target: Target, title: str, body: str, delivery: Delivery, redact: Call
     """One apprise notify call to one target; the error is apprise's own message, redacted."""
     import apprise
 
-    contract.load_plugins()
+    plugins.load()
     ap = apprise.Apprise()
     if not ap.add(target.url):
         return Result(target, False, redact(f"apprise cannot use this URL (unknown scheme or bad syntax): "
@@ -102,6 +102,8 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._store: Store | None = None
         self.delivered = 0
+        #: Told the outcome of every delivery attempt (the metrics endpoint counts them).
+        self.on_result: Callable[[Result], None] | None = None
 
     def _db(self) -> tuple[Store, Outbox]:
         if self._store is None:
@@ -129,7 +131,7 @@ class Worker:
         now = self.clock()
         if only is None:
             filters = [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
-                       for t in self.targets if contract.wants(t.url, "repeat")]
+                       for t in self.targets if plugins.wants(t.url, "repeat")]
             ob.schedule_repeats(filters, self.settings.repeat, now)
         rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease, only)
         results = []
@@ -164,6 +166,8 @@ class Worker:
                             self.acknowledge, self.redact)
         res = send(target, title, body, delivery, self.redact)
         res.rows = ids
+        if self.on_result is not None:
+            self.on_result(res)
         if res.ok:
             self.delivered += ob.mark_sent(ids, self.owner, self.clock())
         else:
