@@ -149,6 +149,23 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
+def where(conf: Config, table: str, key: str, value: str | None = None) -> str:
+    """``FILE:LINE`` of ``table.key`` in the file ``conf`` was read from (the line holding ``value``, when one
+    of a list's entries is meant), for an error found after loading; ``FILE`` alone when unknown."""
+    if conf.path is None:
+        return "config"
+    try:
+        text = conf.path.read_text(encoding="utf-8")
+    except OSError:
+        return str(conf.path)
+    line = _line(text, table, key)
+    if value is not None:
+        lines = text.splitlines()
+        # A list may span lines: the entry's own line, at or after the key's.
+        line = next((n for n in range(line, len(lines) + 1) if value in lines[n - 1]), line)
+    return f"{conf.path}:{line}"
+
+
 def _line(text: str, table: str | None, key: str) -> int:
     """Best-effort line number of ``key`` (inside ``[table]``) for error messages."""
     lines = text.splitlines()

@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("notify", help="test, list and flush notification targets",
                        description="test: send a test message to every target and report each result. "
                                    "list: show targets (secrets redacted) and undelivered messages. "
-                                   "flush: deliver the queued messages now (retrying until --wait runs out).")
+                                   "flush: tell targets added since about incidents still open, then try every "
+                                   "queued message now, ignoring the retry backoff (retrying until --wait runs "
+                                   "out); lists what stays queued.")
     p.add_argument("action", choices=["test", "list", "flush"])
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="flush: keep retrying failed deliveries for up to SECONDS (default: one pass)")
@@ -76,12 +78,24 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.stderr.write(text + "\n")
 
     worker = Worker(notify_sink.db_path(args, env), targets, notify_sink.settings_from(args, conf), env.clock, log)
+    # A target added since an incident opened is told about it; then everything queued is tried now,
+    # whatever its backoff said.
+    worker.announce_open()
     deadline = time.monotonic() + args.wait
     while True:
+        worker.due_now()
         worker.run_once()
         left = worker.pending_count()
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
     env.stdout.write(f"delivered {worker.delivered} message rows, {left} still queued\n".encode())
+    store = Store.open(notify_sink.db_path(args, env))
+    try:
+        stuck = Outbox(store).pending([t.id for t in targets])
+    finally:
+        store.close()
+    for _rid, label, incident, kind, attempts, _state, _due, error in stuck:
+        env.stdout.write(f"  queued: {kind} {incident[:8]} -> {label}, {attempts} attempts"
+                         f"{': ' + redact(error) if error else ''}\n".encode())
     return ExitStatus.INCIDENTS if left else ExitStatus.OK

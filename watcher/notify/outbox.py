@@ -234,6 +234,26 @@ class Outbox:
                             (target, label, inc.key, inc.generation, seq, inc.severity, now, now)).rowcount
         return added
 
+    def announce_open(self, targets: Sequence[tuple[str, str, frozenset[str] | None]], now: float) -> int:
+        """Queue the ``opened`` message of every open, unacknowledged incident for each (target id, label,
+        severities or None) that was never given it: a target added (or fixed) after the incident opened
+        hears of it once. The message's unique key makes a second call, or a second process, add nothing."""
+        added = 0
+        for inc in self.store.open_incidents(include_acknowledged=False):
+            want = [(t, label) for t, label, severities in targets if severities is None or inc.severity in severities]
+            if want:
+                with self.store.transaction() as c:
+                    added += _insert(c, want, inc.key, inc.generation, "opened", inc.severity, now)
+        return added
+
+    def due_now(self, targets: Sequence[str], now: float) -> int:
+        """Make every pending row of ``targets`` due at once (``notify flush`` does not wait out the backoff)."""
+        if not targets:
+            return 0
+        with self.store.transaction() as c:
+            return int(c.execute(f"UPDATE outbox SET due = ? WHERE state = 'pending' AND due > ? AND target IN "  # noqa: S608
+                                 f"({','.join('?' * len(targets))})", (now, now, *targets)).rowcount)
+
     def claim(self, targets: Sequence[str], owner: str, now: float, lease: float,
               only: Sequence[int] | None = None) -> list[Row]:
         """Take every due row of ``targets`` (and rows whose sender died) for ``lease`` seconds;

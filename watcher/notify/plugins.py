@@ -24,10 +24,18 @@ def load() -> None:
 
 
 def _plugin(url: str) -> Any:
+    return _scheme_plugin(url.split("://", 1)[0].lower() if "://" in url else "")
+
+
+def knows(scheme: str) -> bool:
+    """Whether some plugin is registered for ``scheme``."""
+    return _scheme_plugin(scheme.lower()) is not None
+
+
+def _scheme_plugin(scheme: str) -> Any:
     from apprise import manager_plugins
 
     load()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     manager: Any = manager_plugins.NotificationManager
     plugins: Any = manager()
     try:

@@ -83,6 +83,9 @@ class StoreSink:
                 # apprise and the plugins load only for someone to notify: without targets the store alone is
                 # kept (apprise is a third of pipe mode's CPU on a 32 MiB log).
                 plugins.load()
+            if self.worker is not None and outbox.announce_open(self.worker.filters("opened"), self.env.clock()):
+                # A target added (or fixed) since an incident opened hears of it now, once.
+                self.worker.wake()
         except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
             self._log(f"specwatch: incidents are not recorded or notified: {exc}")
             store.close()
@@ -118,6 +121,27 @@ class StoreSink:
         if self.worker is not None:
             self.worker.wake()
             self.worker.stop(drain=self.exit_grace)
+            self._say_queued()
+
+    def _say_queued(self) -> None:
+        """Nobody is left to retry what is still queued: say how much, and how to send it."""
+        assert self.worker is not None
+        try:
+            store = Store.open(self.db_path)
+            try:
+                left = Outbox(store).pending(list(self.worker.by_id))
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - a locked database: the rows are still there for notify flush
+            return
+        if not left:
+            return
+        errors = {label: err for _id, label, _inc, _kind, _n, _state, _due, err in left}
+        why = "; ".join(f"{label}: {self.worker.redact(err) or 'not tried yet'}" for label, err in errors.items())
+        n = len(left)
+        self._log(f"specwatch: {n} notification{'s' if n != 1 else ''} still queued ({why}); send "
+                  f"{'them' if n != 1 else 'it'} with: specwatch notify flush (with the same targets: --notify, "
+                  "$SPECWATCH_NOTIFY or [notify] urls)")
 
 
 def settings_from(args: argparse.Namespace, conf: cfg.Config) -> Settings:
@@ -133,10 +157,36 @@ def settings_from(args: argparse.Namespace, conf: cfg.Config) -> Settings:
 def targets_from(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> list[tg.Target]:
     """Every configured target; a bad apprise config file is a usage error."""
     configs = [*conf.get("notify", "config", []), *getattr(args, "notify_config", [])]
+    flags = getattr(args, "notify", [])
     try:
-        return tg.collect(getattr(args, "notify", []), env.environ, conf.get("notify", "urls", []), configs)
+        targets = tg.collect(flags, env.environ, conf.get("notify", "urls", []), configs)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if targets:
+        _check_understood(flags, env, conf)
+    return targets
+
+
+def _check_understood(flags: list[str], env: Environment, conf: cfg.Config) -> None:
+    """A URL no plugin understands is a configuration error, named where it was written: it would otherwise
+    be queued and retried forever. Only its scheme is shown: which parts of a URL nobody can parse are
+    secrets is unknown. (apprise config files drop such URLs themselves, with a warning.)"""
+    sources = [("--notify", e) for e in flags]
+    sources += [("$SPECWATCH_NOTIFY", e) for e in env.environ.get("SPECWATCH_NOTIFY", "").split()]
+    sources += [(f"{cfg.where(conf, 'notify', 'urls', str(e))}: key notify.urls", str(e))
+                for e in conf.get("notify", "urls", [])]
+    for place, entry in sources:
+        url = tg.parse(entry).url
+        if not entry.strip() or plugins.understood(url):
+            continue
+        scheme = url.partition("://")[0] if "://" in url else ""
+        if scheme and not plugins.knows(scheme):
+            why = f"{scheme}://...: no notification plugin knows the scheme '{scheme}'"
+        elif scheme:
+            why = f"{scheme}://...: the {scheme} plugin cannot parse this URL"
+        else:
+            why = "not a URL (expected SCHEME://...)"
+        raise UsageError(f"{place}: {why} (schemes: https://github.com/caronc/apprise/wiki)")
 
 
 def db_path(args: argparse.Namespace, env: Environment) -> Path:

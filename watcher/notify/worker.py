@@ -122,6 +122,16 @@ class Worker:
             self.wake()
         return done.keys
 
+    def filters(self, message_kind: str) -> list[tuple[str, str, frozenset[str] | None]]:
+        """(target id, label, severities or None) of the targets whose plugin wants ``message_kind``."""
+        return [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
+                for t in self.targets if plugins.wants(t.url, message_kind)]
+
+    def announce_open(self) -> int:
+        """Queue, for each target never told, the incidents still open and unacknowledged; returns rows added."""
+        _, ob = self._db()
+        return ob.announce_open(self.filters("opened"), self.clock())
+
     def run_once(self, only: Sequence[int] | None = None) -> list[Result]:
         """Queue due repeats, then claim and deliver every due row once; returns one result per message.
 
@@ -130,9 +140,7 @@ class Worker:
         store, ob = self._db()
         now = self.clock()
         if only is None:
-            filters = [(t.id, t.label, (frozenset(s for s in t.tags if s in message._SEVERITY_ORDER) or None))
-                       for t in self.targets if plugins.wants(t.url, "repeat")]
-            ob.schedule_repeats(filters, self.settings.repeat, now)
+            ob.schedule_repeats(self.filters("repeat"), self.settings.repeat, now)
         rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease, only)
         results = []
         for target_id in dict.fromkeys(r.target for r in rows):
@@ -175,6 +183,11 @@ class Worker:
             self.log(f"specwatch: notification to {target.label} failed (attempt {max(r.attempts for r in rows)}, "
                      f"will retry): {res.error}")
         return res
+
+    def due_now(self) -> int:
+        """Make every pending row of this worker's targets due now (ignore the backoff once)."""
+        _, ob = self._db()
+        return ob.due_now(list(self.by_id), self.clock())
 
     def pending_count(self) -> int:
         """Undelivered rows of this worker's targets."""
