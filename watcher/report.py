@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from watcher.incidents import Incident, basename, slot_list
 from watcher.state import Run
 
+#: A report of more runs than this (a log of a restart loop, a year of LM Studio) is summarised; --json lists all.
+RUNS_SHOWN = 20
+RUNS_EDGE = 3
+RUNS_FAILED = 10
 _RED, _YEL, _GRN, _BOLD, _DIM, _OFF = "\x1b[1;97;41m", "\x1b[1;33m", "\x1b[32m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 
@@ -112,8 +117,25 @@ def scan_report(runs: list[Run], incidents: list[Incident], colour: bool, width:
     """The ``scan`` report: runs first (what the server was), then incidents (what went wrong)."""
     p = Painter(colour)
     out = [p(_BOLD, f"Server runs: {len(runs)}")]
-    for run in runs:
-        out.extend(_run_lines(run, p))
+    if len(runs) <= RUNS_SHOWN:
+        for run in runs:
+            out.extend(_run_lines(run, p))
+    else:
+        out[0] += " (speculation: " + ", ".join(f"{n} {spec}" for spec, n in Counter(r.speculation for r in runs)
+                                                 .most_common()) + ")"
+        shown = _runs_shown(runs)
+        hidden = 0
+        for n, run in enumerate(runs):
+            if n not in shown:
+                hidden += 1
+                continue
+            if hidden:
+                out.append(p(_DIM, f"  … {hidden} runs not shown"))
+                hidden = 0
+            out.extend(_run_lines(run, p))
+        out.append(p(_DIM, f"  ({len(runs) - len(shown)} of {len(runs)} runs not shown: the first and last "
+                           f"{RUNS_EDGE}, and the first {RUNS_FAILED} whose speculation failed, are; "
+                           "scan --json lists every run)"))
     out.append("")
     open_n = sum(1 for i in incidents if i.status == "open")
     out.append(p(_BOLD, f"Incidents: {len(incidents)} ({open_n} open)"))
@@ -121,8 +143,23 @@ def scan_report(runs: list[Run], incidents: list[Incident], colour: bool, width:
         out.append("  none: " + ("speculation looks healthy" if any(r.spec_confirmed for r in runs)
                                  else "nothing wrong recognised"))
     causes, followers = _grouped(incidents)
+    if len(causes) <= RUNS_SHOWN:
+        for inc in causes:
+            out.append(banner(inc, colour, width, followers.get(inc.key, [])).rstrip("\n"))
+        return "\n".join(out) + "\n"
+    # Many incidents of the same kind and title (one per model, per source...): one banner each, then a count.
+    groups: dict[tuple[str, str, str], list[Incident]] = {}
     for inc in causes:
-        out.append(banner(inc, colour, width, followers.get(inc.key, [])).rstrip("\n"))
+        groups.setdefault((inc.kind, inc.title, inc.status), []).append(inc)
+    for n, same in enumerate(groups.values()):
+        if n == RUNS_SHOWN:
+            out.append(p(_DIM, f"  … {len(groups) - n} more kinds of incident not shown (scan --json lists all)"))
+            break
+        out.append(banner(same[0], colour, width, followers.get(same[0].key, [])).rstrip("\n"))
+        if len(same) > 1:
+            runs_of = sorted({i.run for i in same[1:]})
+            listed = ", ".join(str(r) for r in runs_of[:8]) + (", …" if len(runs_of) > 8 else "")
+            out.append(p(_DIM, f"  and {len(same) - 1} more like it (runs {listed})"))
     return "\n".join(out) + "\n"
 
 
@@ -139,6 +176,13 @@ def _grouped(incidents: Iterable[Incident]) -> tuple[list[Incident], dict[str, l
         else:
             causes.append(inc)
     return causes, followers
+
+
+def _runs_shown(runs: list[Run]) -> set[int]:
+    """Which runs a long report shows: the first and last few, and the first few that failed."""
+    shown = set(range(RUNS_EDGE)) | set(range(len(runs) - RUNS_EDGE, len(runs)))
+    failed = [n for n, r in enumerate(runs) if r.speculation == "failed" and n not in shown]
+    return shown | set(failed[:RUNS_FAILED])
 
 
 def _run_lines(run: Run, p: Painter) -> list[str]:
