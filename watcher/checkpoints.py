@@ -33,6 +33,8 @@ MIGRATIONS = [
         updated   REAL NOT NULL
     )
     """,
+    # Runs seen up to the checkpoint, so a restarted watcher numbers the next run where the last one stopped.
+    "ALTER TABLE checkpoints ADD COLUMN runs INTEGER NOT NULL DEFAULT 0",
 ]
 
 
@@ -56,6 +58,7 @@ class Checkpoint:
     lines: int
     cursor: str | None = None
     updated: float = 0.0
+    runs: int = 0
 
 
 class Checkpoints:
@@ -77,14 +80,14 @@ class Checkpoints:
     def get(self, stream: str) -> Checkpoint | None:
         """The checkpoint of ``stream``, if it was ever seen."""
         row = self.conn.execute(
-            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated "
+            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated, runs "
             "FROM checkpoints WHERE stream = ?", (stream,)).fetchone()
         return _row(row) if row else None
 
     def all(self, prefix: str = "") -> list[Checkpoint]:
         """Every checkpoint whose stream name starts with ``prefix``."""
         rows = self.conn.execute(
-            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated "
+            "SELECT stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated, runs "
             "FROM checkpoints WHERE substr(stream, 1, ?) = ? ORDER BY stream", (len(prefix), prefix)).fetchall()
         return [_row(r) for r in rows]
 
@@ -92,17 +95,17 @@ class Checkpoints:
         """Write several checkpoints in one transaction (all or none survive a crash)."""
         stamp = time.time() if now is None else now
         rows = [(c.stream, c.identity.dev, c.identity.ino, c.identity.head_len, c.identity.head_hash,
-                 c.offset, c.lines, c.cursor, stamp) for c in checkpoints]
+                 c.offset, c.lines, c.cursor, stamp, c.runs) for c in checkpoints]
         if not rows:
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.executemany(
-                "INSERT INTO checkpoints (stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
+                "INSERT INTO checkpoints (stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated, runs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
                 "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
                 "offset = excluded.offset, lines = excluded.lines, cursor = excluded.cursor, "
-                "updated = excluded.updated", rows)
+                "updated = excluded.updated, runs = excluded.runs", rows)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -114,7 +117,7 @@ class Checkpoints:
 
 
 def _row(r: tuple[object, ...]) -> Checkpoint:
-    stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated = r
+    stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated, runs = r
     return Checkpoint(str(stream), Identity(int(dev), int(ino), int(head_len), str(head_hash)),  # type: ignore[call-overload]
                       int(offset), int(lines), None if cursor is None else str(cursor),  # type: ignore[call-overload]
-                      float(updated))  # type: ignore[arg-type]
+                      float(updated), int(runs))  # type: ignore[arg-type,call-overload]

@@ -164,6 +164,9 @@ class Stream:
         self.source = source
         self.settings = settings or Settings()
         self.runs: list[Run] = []
+        #: Runs an earlier process saw in this source before the line it resumed at (``watch`` after a
+        #: restart): numbering continues from there, the run it resumed inside keeping its number.
+        self.run_base = 0
         self.on_change = on_change
         self._pending_no_impls: Event | None = None
         self._pending_gpu_ignored: Event | None = None
@@ -176,12 +179,21 @@ class Stream:
     def run(self) -> Run:
         """The current run, started on first use."""
         if not self.runs:
-            self.runs.append(Run(1, self.source, 1, host=self.host))
+            self.runs.append(Run(max(self.run_base, 1), self.source, 1, host=self.host))
         return self.runs[-1]
+
+    def continue_runs(self, seen: int) -> None:
+        """An earlier process saw ``seen`` runs before the point this stream resumes at."""
+        self.run_base = seen
+
+    @property
+    def runs_seen(self) -> int:
+        """The number of the latest run, counting those seen before a resume."""
+        return self.runs[-1].ordinal if self.runs else self.run_base
 
     def _new_run(self, lineno: int, reason: str) -> Run:
         prev = self.runs[-1] if self.runs else None
-        run = Run(len(self.runs) + 1, self.source, lineno, host=self.host)
+        run = Run(prev.ordinal + 1 if prev is not None else self.run_base + 1, self.source, lineno, host=self.host)
         if prev is not None:
             if prev.phase == "loading" and not prev.incidents:
                 prev.phase = "replaced"
@@ -210,6 +222,9 @@ class Stream:
             # Printed just before a slot's init lines: it belongs to the run that slot belongs to.
             self._pending_no_impls = ev
             return
+        if not self.runs and self.run_base and t in ("build_info", "model_loading"):
+            # Resumed just before a server start: that is the next run, not the rest of the last one.
+            self.runs.append(Run(self.run_base + 1, self.source, ev.record.lineno, host=self.host))
         run = self.run
         if t == "draft_gpu_ignored" and self._started(run):
             # Printed while the options are parsed, before the build line: the next launch's.

@@ -78,6 +78,15 @@ class SwapStream(Stream):
         self._mirror(stream)
         return run
 
+    def continue_runs(self, seen: int) -> None:
+        """Runs seen before a resume number the plain server's runs (llama-swap's models count their own)."""
+        self.default.continue_runs(seen)
+
+    @property
+    def runs_seen(self) -> int:
+        """The number of the plain server's latest run, counting those seen before a resume."""
+        return self.default.runs_seen
+
     def apply(self, ev: Event) -> None:
         """Route one event: llama-swap's own lines move sections, everything else goes to the current one."""
         t = ev.type

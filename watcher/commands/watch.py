@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
 from watcher.sources.journal import JournalFollower
-from watcher.sources.tail import Follower, run_loop, specs
+from watcher.sources.tail import Follower, Spec, run_loop, specs
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_POLL_INTERVAL = 0.5
@@ -124,7 +125,10 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
 
     wake = threading.Event()
     stop = stop or threading.Event()
-    follower = Follower(specs(targets, args.include or ["*.log"]), make, checkpoints=store, from_start=args.from_start,
+    followed = specs(targets, args.include or ["*.log"])
+    for line in following(followed, args.journal, args.from_start, store):
+        say("watching", line)
+    follower = Follower(followed, make, checkpoints=store, from_start=args.from_start,
                         ignore_older=ignore_days * 86400, on_error=say, on_notice=say, ready=ready)
     journals = [JournalFollower(u, make, checkpoints=store, from_start=args.from_start, wake=wake, on_error=say,
                                 ready=ready) for u in args.journal]
@@ -153,6 +157,27 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
     if signalled and signalled[-1] == signal.SIGINT:
         status = ExitStatus.CTRL_C
     return status
+
+
+def following(followed: list[Spec], units: list[str], from_start: bool, checkpoints: Checkpoints) -> list[str]:
+    """What ``watch`` follows, one line per PATH or unit, said at start: a path that does not exist yet is
+    named as such (a typo would otherwise look like a quiet server)."""
+    where = "from the start" if from_start else "new lines"
+    out = []
+    for spec in followed:
+        if spec.kind == "dir":
+            n = len(spec.files())
+            out.append(f"{spec.path}/ ({', '.join(spec.include)}, {n} file{'s' if n != 1 else ''} now, {where})")
+        elif spec.kind == "glob":
+            n = len(spec.files())
+            out.append(f"{spec.path} ({n} file{'s' if n != 1 else ''} now, {where})")
+        elif os.path.lexists(spec.path):
+            cp = checkpoints.get(f"file:{spec.path}")
+            out.append(f"{spec.path} ({f'resuming after line {cp.lines}' if cp is not None else where})")
+        else:
+            out.append(f"{spec.path} (does not exist yet: read from its start once it appears)")
+    out += [f"journal of {unit} ({where})" for unit in units]
+    return out
 
 
 def _install_signals(stop: threading.Event, wake: threading.Event, seen: list[int]) -> Callable[[], None]:

@@ -63,6 +63,7 @@ class JournalFollower:
         if cp is not None and cp.cursor:
             self.cursor = self._saved = cp.cursor
             self.analyzer.framer.lines = cp.lines
+            self.analyzer.stream.continue_runs(cp.runs)
         self._q: queue.Queue[bytes | None] = queue.Queue()
         cmd = journal_command(unit, self.cursor, from_start, journalctl)
         try:
@@ -117,7 +118,8 @@ class JournalFollower:
             return
         if self.ready is not None and not self.ready():
             return
-        self.checkpoints.save([Checkpoint(self.stream, _NO_IDENTITY, 0, self.analyzer.lines, self.cursor)])
+        self.checkpoints.save([Checkpoint(self.stream, _NO_IDENTITY, 0, self.analyzer.lines, self.cursor,
+                                                runs=self.analyzer.stream.runs_seen)])
         self._saved = self.cursor
 
     def _ended(self) -> None:

@@ -156,7 +156,8 @@ class FileStream:
         """Where a restart must resume: the end of the last complete line fed."""
         if self.ident is None:
             return None
-        return Checkpoint(f"file:{self.path}", self.ident, self.offset - self.partial, self.analyzer.lines)
+        return Checkpoint(f"file:{self.path}", self.ident, self.offset - self.partial, self.analyzer.lines,
+                          runs=self.analyzer.stream.runs_seen)
 
 
 class Follower:
@@ -286,6 +287,7 @@ class Follower:
             if same_file(cp.identity, s.fd, st):
                 start = cp.offset if cp.offset <= st.st_size else 0
                 s.analyzer.framer.lines = cp.lines if start else 0
+                s.analyzer.stream.continue_runs(cp.runs if start else 0)
             else:
                 self._drain_replaced(s, cp)
         elif self._first and spec.key not in self._known_roots and not self.from_start:
@@ -307,6 +309,7 @@ class Follower:
             # Same inode but other first bytes: it was truncated and rewritten before it was moved.
             os.lseek(fd, cp.offset if same else 0, os.SEEK_SET)
             s.analyzer.framer.lines = cp.lines if same else 0
+            s.analyzer.stream.continue_runs(cp.runs if same else 0)
             n, partial = self._pump(fd, s.analyzer)
             if partial:
                 s.analyzer.feed(b"\n")
