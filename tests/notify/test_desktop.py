@@ -13,6 +13,7 @@ import pytest
 
 from tests.notify.conftest import incident, make_env
 from watcher.notify import desktop
+from watcher.notify.outbox import Outbox
 from watcher.notify.sink import StoreSink
 from watcher.notify.targets import parse
 from watcher.notify.worker import Settings, Worker
@@ -124,3 +125,72 @@ def test_notify_call_arguments(session: dict[str, str], tmp_path: Path) -> None:
     assert '"urgency"' in call and "variant             byte 2" in call
     assert 'string "acknowledge"' in call and 'string "Acknowledge"' in call
     assert call.split("]")[-1].strip().splitlines()[0].strip() == "int32 0"
+
+
+def _show(db: Path, incidents: list) -> None:  # type: ignore[type-arg]
+    """A watcher that records ``incidents`` and shows their bubble, then exits (its bus connection closes)."""
+    e, _, _ = make_env({})
+    sink = StoreSink(db, [], Settings(repeat=0), e, exit_grace=0)  # recorded only: its worker sends nothing
+    for inc in incidents:
+        sink.incident(inc, "opened")
+    sink.close()
+    target = parse("specwatch://")
+    store = Store.open(db)
+    for row in store.open_incidents():
+        Outbox(store).enqueue([(target.id, target.label)], row.key, row.generation, "opened", row.severity,
+                              time.time())
+    store.close()
+    w = Worker(db, [target], Settings(repeat=0))
+    assert [r.ok for r in w.run_once()] == [True]  # one message, all incidents
+    desktop.reset()
+
+
+def test_ack_command_closes_the_bubble_of_a_process_that_is_gone(session: dict[str, str], tmp_path: Path) -> None:
+    """`specwatch ack`, with no target configured, closes the bubble a watcher that has since exited left up."""
+    state = tmp_path / "state"
+    _show(state / "specwatch.db", [incident()])
+    assert wait_for(lambda: displayed(session) == 1)
+    e, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state)})
+    from watcher import cli
+
+    assert cli.run(["ack", "--all"], e) == 0
+    assert "alert ended: specwatch://" in out.getvalue().decode()
+    assert wait_for(lambda: displayed(session) == 0)
+
+
+def test_a_later_process_button_closes_every_bubble_of_the_incident(session: dict[str, str], tmp_path: Path) -> None:
+    """Acknowledge pressed on a later watcher's bubble closes the earlier watcher's bubble of the same incident."""
+    db = tmp_path / "state" / "specwatch.db"
+    inc = incident()
+    _show(db, [inc])
+    now = [time.time() + 61]
+    later = Worker(db, [parse("specwatch://")], Settings(repeat=60), clock=lambda: now[0])
+    assert [r.ok for r in later.run_once()] == [True]  # the repeat: this process's own bubble
+    assert wait_for(lambda: displayed(session) == 2)
+    later.start()
+    try:
+        subprocess.run(["dunstctl", "context"], env=session, check=True, timeout=10)
+        store = Store.open(db)
+        assert wait_for(lambda: store.get(inc.key).status == "acknowledged")  # type: ignore[union-attr]
+        assert wait_for(lambda: displayed(session) == 0)
+    finally:
+        later.stop()
+
+
+def test_grouped_bubble_lists_every_title_and_offers_acknowledge_once(session: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    """Three incidents in one bubble: its body starts with the three titles; one Acknowledge action."""
+    monitor = subprocess.Popen(["dbus-monitor", "--session", "interface='org.freedesktop.Notifications'"],
+                               env=session, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)  # let the monitor register before the call it must see
+    incs = [incident(n) for n in range(3)]
+    _show(tmp_path / "s" / "specwatch.db", incs)
+    assert wait_for(lambda: displayed(session) == 1)
+    monitor.terminate()
+    out, _ = monitor.communicate(timeout=5)
+    call = out[out.index("member=Notify"):]
+    # Notify's arguments as dbus-monitor prints them: app name, replaces id, icon, summary, body, then actions.
+    args = call.split('\n   string "')
+    body = args[4].split('"\n   array [')[0]
+    assert sorted(body.splitlines()[:3]) == sorted(f"• {i.title}" for i in incs)
+    assert call.count('string "Acknowledge"') == 1

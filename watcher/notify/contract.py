@@ -19,6 +19,8 @@ thread or in its thread pool through ``contextvars.copy_context().run``, so a pl
             item["host"], item["source"], item["slots"], item["evidence"] (list of {"line", "text"}),
             item["count"], item["first_seen"], item["last_seen"] (Unix seconds), item["generation"]
         d.acknowledge(["<id>", ...], "note")   # acknowledge in the store (e.g. from a button); returns ids changed
+        d.notes.add(["<id>"], "x")             # remember something per incident for this target, across processes
+        d.notes.take(["<id>"])                 # ... and get it back once (the desktop's bubble ids, to close them)
         return True              # delivered; False or an exception -> the outbox retries with backoff
 
 Fields are those of ``StoredIncident.as_dict()`` plus ``message``. Evidence is already capped (a few matched log
@@ -45,12 +47,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 #: What a target receives when its plugin declares nothing.
 DEFAULT_MESSAGES = frozenset({"opened", "repeat", "resolved"})
 #: Every kind of message the outbox holds.
 MESSAGES = frozenset({"opened", "repeat", "resolved", "acknowledged"})
+
+
+class Notes(Protocol):
+    """What a plugin remembers per incident for its target, across processes (see watcher.notify.notes)."""
+
+    def add(self, incidents: Sequence[str], note: str) -> None:
+        """Remember ``note`` for each incident."""
+
+    def take(self, incidents: Sequence[str]) -> list[str]:
+        """The notes of these incidents, forgotten as they are returned."""
 
 
 def _no_ack(keys: Sequence[str], note: str) -> list[str]:  # noqa: ARG001 - same signature as the real one
@@ -72,6 +84,8 @@ class Delivery:
     items: tuple[dict[str, Any], ...] = ()
     acknowledge: Callable[[Sequence[str], str], list[str]] = field(default=_no_ack)
     redact: Callable[[str], str] = field(default=_same)
+    #: None outside specwatch's worker.
+    notes: Notes | None = None
 
     @property
     def kind(self) -> str:

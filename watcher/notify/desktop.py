@@ -8,7 +8,10 @@ so the bubble stays until dismissed, one bubble per incident group updated in pl
 (repeats and the resolved message replace it instead of stacking), and an **Acknowledge** action that
 acknowledges the incidents in the store. Actions arrive as ``ActionInvoked`` signals on the connection that
 sent the notification, so this process keeps one connection and a listener thread for its lifetime: the
-button works while the specwatch process that showed the bubble runs (a pipe, ``watch`` or ``run``).
+button works while the specwatch process that showed the bubble runs (a pipe, ``watch`` or ``run``). The
+bubble ids are also kept in the store (:mod:`watcher.notify.notes`) and the plugin asks for ``acknowledged``
+messages: ``specwatch ack``, the button of any later process, or its resolution closes every bubble an incident
+still has up, whichever process showed it. A grouped bubble lists every incident's title first.
 
 On macOS and Windows it uses desktop-notifier (critical urgency, an Acknowledge button while the process runs);
 how long the bubble stays is up to the OS notification centre there.
@@ -26,7 +29,7 @@ from typing import Any
 
 import apprise
 
-from watcher.notify.contract import Delivery, current
+from watcher.notify.contract import DEFAULT_MESSAGES, Delivery, current
 
 BUS = "org.freedesktop.Notifications"
 PATH = "/org/freedesktop/Notifications"
@@ -53,7 +56,45 @@ class FreedesktopClient:
         self.router.send_and_get_reply(new_method_call(message_bus, "AddMatch", "s", (rule.serialise(),)),
                                        timeout=5)
         self.signals = self.router.filter(rule, bufsize=64)
+        #: The notification server's unique bus name (a restarted server reuses bubble ids).
+        self.bus_owner = self.server()
         threading.Thread(target=self._listen, name="specwatch-desktop", daemon=True).start()
+
+    def server(self) -> str:
+        """The bus name of the notification server now running: a bubble id means something only to it."""
+        from jeepney import new_method_call
+        from jeepney.bus_messages import message_bus
+
+        reply = self.router.send_and_get_reply(new_method_call(message_bus, "GetNameOwner", "s", (BUS,)), timeout=5)
+        return str(reply.body[0])
+
+    def close_bubbles(self, notes: list[str], keep: int = 0) -> None:
+        """Close the bubbles named by ``notes`` (``server:id``, kept by whichever process showed them) that
+        this notification server showed; ``keep`` is one about to be replaced in place."""
+        if not notes:
+            return
+        here = self.server()
+        for note in notes:
+            owner, _, nid = note.rpartition(":")
+            if owner == here and nid.isdigit() and int(nid) != keep:
+                self._close(int(nid))
+        with self.lock:
+            for nid_s in (n.rpartition(":")[2] for n in notes):
+                if nid_s.isdigit() and int(nid_s) != keep:
+                    ids, _ = self.shown.pop(int(nid_s), ([], None))
+                    for i in ids:
+                        if self.bubbles.get(i) == int(nid_s):
+                            del self.bubbles[i]
+
+    def deliver(self, delivery: Delivery, title: str, body: str, with_ack: bool) -> None:
+        """Acknowledged incidents: close every bubble of theirs, shown by any process. Others: show or update."""
+        ended = [str(i["id"]) for i in delivery.items if i.get("message") == "acknowledged"]
+        if ended:
+            with self.lock:
+                mine = [f"{self.bus_owner}:{self.bubbles[i]}" for i in ended if i in self.bubbles]
+            self.close_bubbles(delivery.notes.take(ended) + mine if delivery.notes is not None else mine)
+        if len(ended) < len(delivery.items) or not delivery.items:
+            self.notify(delivery, title, body, with_ack)
 
     def notify(self, delivery: Delivery, title: str, body: str, with_ack: bool) -> int:
         """Show or update the bubble of this delivery's incidents; returns the server's notification id."""
@@ -64,7 +105,11 @@ class FreedesktopClient:
         with self.lock:
             replaces = next((self.bubbles[i] for i in ids if i in self.bubbles), 0)
         resolved = kind == "resolved"
-        actions = [] if resolved or not with_ack or not ids else ["default", "Acknowledge", ACK_ACTION, "Acknowledge"]
+        if resolved and delivery.notes is not None:
+            # Bubbles of this incident that other (earlier) processes showed: this one says it is over.
+            self.close_bubbles(delivery.notes.take(ids), keep=replaces)
+        # One action: servers that list the default action beside the others would offer Acknowledge twice.
+        actions = [] if resolved or not with_ack or not ids else [ACK_ACTION, "Acknowledge"]
         hints: dict[str, tuple[str, Any]] = {
             "urgency": ("y", 1 if resolved else _URGENCY.get(delivery.severity, 1)),
             "desktop-entry": ("s", "specwatch"),
@@ -77,6 +122,9 @@ class FreedesktopClient:
                                title, _markup(body), actions, hints, timeout))
         reply = self.router.send_and_get_reply(msg, timeout=5)
         nid = int(reply.body[0])
+        if not resolved and delivery.notes is not None and ids:
+            # Kept in the store, so a later process's acknowledgement can close it after this one is gone.
+            delivery.notes.add(ids, f"{self.bus_owner}:{nid}")
         with self.lock:
             for i in ids:
                 self.bubbles[i] = nid
@@ -96,7 +144,7 @@ class FreedesktopClient:
                 nid, action = sig.body
                 with self.lock:
                     ids, ack = self.shown.get(int(nid), ([], None))
-                if action in (ACK_ACTION, "default") and ack is not None and ids:
+                if action == ACK_ACTION and ack is not None and ids:
                     # A locked DB must not kill the listener.
                     with contextlib.suppress(Exception):
                         ack(ids, "acknowledged from the desktop notification")
@@ -146,6 +194,8 @@ def _send_other(delivery: Delivery, title: str, body: str, with_ack: bool) -> bo
     from desktop_notifier import Button, DesktopNotifierSync, Urgency
 
     ids = [str(i["id"]) for i in delivery.items]
+    if delivery.items and all(i.get("message") == "acknowledged" for i in delivery.items):
+        return True  # nothing to say: the notification centre keeps no bubble this process could close
     buttons = []
     if with_ack and ids and delivery.kind != "resolved":
         buttons.append(Button("Acknowledge", on_pressed=lambda: delivery.acknowledge(ids, "acknowledged from "
@@ -161,8 +211,15 @@ def _notify(body: str, title: str, notify_type: str, meta: dict[str, Any], *args
     with_ack = str(meta.get("qsd", {}).get("ack", "yes")).lower() not in ("no", "0", "false")
     if sys.platform in ("darwin", "win32"):
         return _send_other(d, title or d.title, body, with_ack)
-    client().notify(d, title or d.title, body, with_ack)
+    client().deliver(d, title or d.title, _titles_first(d, body), with_ack)
     return True
+
+
+def _titles_first(d: Delivery, body: str) -> str:
+    """A grouped bubble starts with every incident's title: notification servers cut a long body at the bottom."""
+    if len(d.items) < 2:
+        return body
+    return "\n".join(f"• {i.get('title', '')}" for i in d.items) + "\n\n" + body
 
 
 def register() -> None:
@@ -170,6 +227,9 @@ def register() -> None:
     from apprise import manager_plugins
 
     plugins: Any = manager_plugins
-    if "specwatch" not in plugins.NotificationManager():
+    manager = plugins.NotificationManager()
+    if "specwatch" not in manager:
         decorate: Any = apprise.decorators.notify
         decorate(on="specwatch", name="specwatch desktop (stays until dismissed)")(_notify)
+        # Acknowledgements too: they close the bubbles the incident still has up, wherever they came from.
+        manager["specwatch"].specwatch_messages = DEFAULT_MESSAGES | {"acknowledged"}

@@ -22,6 +22,7 @@ from typing import Any
 
 from watcher.notify import message, plugins
 from watcher.notify.contract import CURRENT, Delivery
+from watcher.notify.notes import Notes
 from watcher.notify.outbox import Outbox, Row, owner_id
 from watcher.notify.redact import Redactor
 from watcher.notify.targets import Target
@@ -171,7 +172,7 @@ class Worker:
             return Result(target, True, rows=ids)
         title, body = message.render(items, self.redact, self.clock)
         delivery = Delivery(target.id, title, body, message.severity_of(items), tuple(items),
-                            self.acknowledge, self.redact)
+                            self.acknowledge, self.redact, Notes(self.db_path, target.id))
         res = send(target, title, body, delivery, self.redact)
         res.rows = ids
         if self.on_result is not None:
