@@ -209,12 +209,14 @@ def test_acknowledged_payload_ends_at_the_ack() -> None:
 
 
 def test_alertmanager_plugin_wants_acknowledgements() -> None:
-    """Only the alertmanager plugin declares acknowledged messages; other targets keep the default set."""
+    """The alertmanager and desktop plugins declare acknowledged messages (they end an alert, close a bubble);
+    other targets keep the default set."""
     from watcher.notify import plugins
 
     assert plugins.wants("alertmanager://127.0.0.1:9093", "acknowledged")
     assert plugins.wants("alertmanagers://u:****@am.example/", "acknowledged")
-    for url in ("json://127.0.0.1/hook", "specwatch://", "mmost://host/token", "nosuchscheme://x"):
+    assert plugins.wants("specwatch://", "acknowledged")
+    for url in ("json://127.0.0.1/hook", "mmost://host/token", "nosuchscheme://x"):
         assert not plugins.wants(url, "acknowledged")
         assert plugins.wants(url, "resolved") and plugins.wants(url, "opened")
 

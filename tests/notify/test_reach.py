@@ -85,8 +85,9 @@ def test_flush_ignores_the_backoff_and_lists_what_stays(receiver: Receiver, stat
     """notify flush tries a message whose retry is an hour away now; what still fails is listed."""
     url = f"json://127.0.0.1:{receiver.port}/later"
     receiver.down()
-    _record(state, [url])
+    _record(state, [])
     slow = Worker(state / "specwatch.db", [parse(url)], Settings(repeat=0, backoff=3600, backoff_max=3600))
+    assert slow.announce_open() == 1
     assert [r.ok for r in slow.run_once()] == [False]
     assert slow.run_once() == []  # the backoff holds it for an hour
     env, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
