@@ -137,7 +137,8 @@ class StoreSink:
         if not left:
             return
         errors = {label: err for _id, label, _inc, _kind, _n, _state, _due, err in left}
-        why = "; ".join(f"{label}: {self.worker.redact(err).rstrip('.') or 'not tried yet'}" for label, err in errors.items())
+        why = "; ".join(f"{label}: {self.worker.redact(err).rstrip('.') or 'not tried yet'}"
+                        for label, err in errors.items())
         n = len(left)
         self._log(f"specwatch: {n} notification{'s' if n != 1 else ''} still queued ({why}); send "
                   f"{'them' if n != 1 else 'it'} with: specwatch notify flush (with the same targets: --notify, "
