@@ -13,6 +13,7 @@ from watcher.commands import watch
 from watcher.environment import Environment
 
 CORRUPT = SAMPLES / "engine" / "draft-corrupt-default.log"
+KV_OOM = SAMPLES / "engine" / "draft-kv-oom-default.log"
 
 
 def _watch(argv: list[str], state: Path, until: str) -> str:
@@ -51,12 +52,12 @@ def test_watch_says_what_it_follows(tmp_path: Path) -> None:
 def test_run_numbers_continue_after_a_restart(tmp_path: Path) -> None:
     """A watcher restarted on a log it had read numbers the next server run 3, not 1, and says where it resumes."""
     log = tmp_path / "server.log"
-    log.write_bytes(CORRUPT.read_bytes() * 2)
+    log.write_bytes(CORRUPT.read_bytes() * 2)  # two runs, one incident seen twice
     first = tmp_path / "first.jsonl"
-    _watch([str(log), "--from-start", "--events", str(first)], tmp_path, '"run": 2')
+    _watch([str(log), "--from-start", "--events", str(first)], tmp_path, '"count": 2')
     lines = (CORRUPT.read_bytes() * 2).count(b"\n")
     with log.open("ab") as fh:
-        fh.write(CORRUPT.read_bytes())
+        fh.write(KV_OOM.read_bytes())  # a third run, failing another way
     second = tmp_path / "second.jsonl"
     err = _watch([str(log), "--events", str(second)], tmp_path, '"change": "opened"')
     assert f"specwatch: watching: {log} (resuming after line {lines})" in err
