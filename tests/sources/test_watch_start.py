@@ -60,7 +60,7 @@ def test_run_numbers_continue_after_a_restart(tmp_path: Path) -> None:
         fh.write(KV_OOM.read_bytes())  # a third run, failing another way
     second = tmp_path / "second.jsonl"
     err = _watch([str(log), "--events", str(second)], tmp_path, '"change": "opened"')
-    assert f"specwatch: watching: {log} (resuming after line {lines})" in err
     opened = [json.loads(x) for x in second.read_text().splitlines() if '"change": "opened"' in x]
     assert [o["run"] for o in opened] == [3]
     assert opened[0]["first_line"] > lines
+    assert f"specwatch: watching: {log} (resuming after line {lines})" in err
