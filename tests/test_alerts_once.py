@@ -121,3 +121,16 @@ def test_silent_failure_after_each_restart_is_counted_once_per_load(cat: Catalog
     a = analyse(cat, (ENGINE / "draft-without-spec-type-default.log").read_bytes() * 3)
     [inc] = a.incidents()
     assert (inc.count, inc.confidence, inc.extra.get("last_run")) == (3, "inferred", 3)
+
+
+def test_a_restart_that_fails_differently_is_not_counted_as_the_same_failure(cat: Catalogue) -> None:
+    """The draft was missing, then (downloaded, but truncated) at the same path is not a valid GGUF: two
+    incidents, each with its own reason and advice, not 'file not found' counted twice."""
+    missing = (ENGINE / "draft-missing-default.log").read_bytes()
+    corrupt = (ENGINE / "draft-corrupt-default.log").read_bytes().replace(b"draft-corrupt.gguf",
+                                                                          b"draft-missing.gguf")
+    a = analyse(cat, missing + corrupt)
+    first, second = a.incidents()
+    assert (first.count, second.count) == (1, 1)
+    assert (first.reason, second.reason) == ("file not found", "file is not a valid GGUF")
+    assert "path" in first.hint and "GGUF" in second.hint

@@ -855,7 +855,7 @@ class Stream:
         inc = run.incidents.get(kind)
         recurred = False
         if inc is None:
-            inc = self._recurrence(run, kind)
+            inc = self._recurrence(run, kind, reason, ev.get("cause") if ev is not None else None)
             recurred = inc is not None
         if inc is None:
             inc = Incident(kind=kind, severity=severity, source=self.source, run=run.ordinal,
@@ -887,15 +887,22 @@ class Stream:
         self._changed(inc)
         return inc
 
-    def _recurrence(self, run: Run, kind: str) -> Incident | None:
-        """The open incident of this kind that an earlier load of the same models on this stream raised."""
+    def _recurrence(self, run: Run, kind: str, reason: str | None = None,
+                    cause: str | None = None) -> Incident | None:
+        """The open incident of this kind that the load just before, of the same models, raised for the same reason.
+
+        A different reason or cause is a different failure (the draft was missing, then is a truncated file at
+        the same path): counting it as the same one would repeat the first one's reason and advice.
+        """
         for older in reversed(self.runs):
             if older is run:
                 continue
             inc = older.incidents.get(kind)
             if inc is not None and inc.status == "open" \
                     and basename(inc.model) == basename(run.target_model) \
-                    and basename(inc.draft_model) == basename(run.draft_model):
+                    and basename(inc.draft_model) == basename(run.draft_model) \
+                    and (reason is None or inc.reason == reason) \
+                    and (cause is None or inc.extra.get("cause") == cause):
                 return inc
             return None  # only the run just before counts: a different failure in between ends the loop
         return None
