@@ -16,8 +16,10 @@ from watcher.catalogue import Catalogue
 from watcher.cli import build_parser
 from watcher.commands import run as run_cmd
 from watcher.environment import Environment
+from watcher.hints import for_incident
 from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
+from watcher.state import Run
 
 ENGINE = SAMPLES / "engine"
 #: Writes a log file to stderr, as a server writes its log, and exits 0; extra arguments are the server's.
@@ -160,3 +162,26 @@ def test_lm_studio_low_acceptance_names_its_setting(cat: Catalogue) -> None:
     assert plain.kind == lms.kind == "low_acceptance"
     assert "--spec-draft-n-max" in plain.hint
     assert "--spec" not in lms.hint and "Speculative Decoding settings" in lms.hint
+
+
+def _target_kv_oom(host: str | None, n_ctx: int | None) -> str:
+    """The hint for a target that did not fit beside its 4-slot KV cache (4,096 MiB on CUDA0)."""
+    run = Run(1, "log", 1, host=host)
+    run.n_slots, run.n_ctx_slot = 4, n_ctx
+    run.ledger.add("target", "kv", "CUDA0", 4096.0, 10)
+    inc = Incident(kind="main_model_oom", severity="critical", source="log", run=1, device="CUDA0", mib=2048.0)
+    return for_incident(inc, run)
+
+
+def test_lm_studio_target_kv_levers_name_its_settings() -> None:
+    """A target that did not fit beside a 4-slot KV cache, in LM Studio's log: fewer slots is Max Concurrent
+    Predictions and a shorter context its Context Length, never --parallel."""
+    hint = _target_kv_oom("lmstudio", 8192)
+    assert "--parallel" not in hint, hint
+    assert "Max Concurrent Predictions 2 instead of 4" in hint and "Context Length 4,096 instead of 8,192" in hint
+
+
+def test_target_kv_levers_keep_every_slot_lever_without_a_context_size() -> None:
+    """When the log gives no per-slot context, both slot levers stay (2 and 1 instead of 4)."""
+    hint = _target_kv_oom(None, None)
+    assert "--parallel 2 instead of 4" in hint and "--parallel 1 instead of 4" in hint, hint

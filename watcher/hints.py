@@ -16,9 +16,15 @@ def _m(v: float) -> str:
 
 #: What each lever is called where the user changes it: llama-server's flags, or LM Studio's model settings
 #: (a log with LM Studio's record headers). A lever a host does not offer is left out of its advice.
+#: LM Studio's names as its documentation spells them (lmstudio-ai/docs): "Max Concurrent Predictions"
+#: (0_app/5_advanced/parallel-requests.md), the "Speculative Decoding" section of the chat sidebar
+#: (0_app/5_advanced/speculative-decoding.md), context length and GPU offload as load settings
+#: (3_cli/0_local-models/load.md: lms load --context-length, --gpu). The draft size has no documented label,
+#: so it is described rather than named.
 _LEVERS: dict[str, dict[str, str]] = {
     "llama.cpp": {
         "parallel": "--parallel",
+        "context_name": "context",
         "context": "the context (-c)",
         "draft_context": "the draft context (-cd / --spec-draft-ctx-size on older builds, -c overall)",
         # b9109 removed -cd: the draft's context is the server's.
@@ -31,6 +37,7 @@ _LEVERS: dict[str, dict[str, str]] = {
     },
     "lmstudio": {
         "parallel": "Max Concurrent Predictions",
+        "context_name": "Context Length",
         "context": "the model's Context Length",
         "draft_context": "the model's Context Length (the draft gets the same context)",
         "gpu_layers": "less GPU Offload for the main model",
@@ -75,27 +82,28 @@ def _on_cpu(inc: Incident) -> bool:
     return bool(inc.device) and str(inc.device).upper().startswith("CPU")
 
 
-def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1,
-              free_mib: float | None = None) -> list[tuple[str, float]]:
+def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1, free_mib: float | None = None,
+              parallel: str = "--parallel", context: str = "context") -> list[tuple[str, float]]:
     """What each lever frees from a KV cache of ``kv_mib`` over ``n_slots`` contexts of ``n_ctx`` tokens.
 
     KV memory is linear in context and in slots (llama.cpp pre-allocates every slot's full context),
     so the levers are exact up to rounding: halve the context, drop to fewer slots, or, given the free
-    memory the device reported, the largest power-of-two context that would have fitted.
+    memory the device reported, the largest power-of-two context that would have fitted. ``parallel`` and
+    ``context`` name the slot count and the context where the user sets them.
     """
     out: list[tuple[str, float]] = []
     per_slot = kv_mib / max(n_slots, 1)
     if n_ctx:
-        out.append((f"context {n_ctx // 2:,} instead of {n_ctx:,}", kv_mib / 2))
+        out.append((f"{context} {n_ctx // 2:,} instead of {n_ctx:,}", kv_mib / 2))
     if n_slots > 1:
         for fewer in sorted({n_slots // 2, 1}, reverse=True):
             if 0 < fewer < n_slots:
-                out.append((f"--parallel {fewer} instead of {n_slots}", per_slot * (n_slots - fewer)))
+                out.append((f"{parallel} {fewer} instead of {n_slots}", per_slot * (n_slots - fewer)))
     if n_ctx and free_mib is not None and free_mib < kv_mib:
         per_token = kv_mib / (n_ctx * max(n_slots, 1))
         fit = 1 << max(int(free_mib / per_token / max(n_slots, 1)).bit_length() - 1, 0)
         if fit < n_ctx:
-            out.append((f"context {fit:,} (fits the {free_mib:,.0f} MiB free)",
+            out.append((f"{context} {fit:,} (fits the {free_mib:,.0f} MiB free)",
                         kv_mib - per_token * fit * max(n_slots, 1)))
     return out
 
@@ -184,7 +192,8 @@ def _target_memory(inc: Incident, run: Run) -> str:
     ngl = None if _on_cpu(inc) else _lever(run, "gpu_layers")
     tail = f"{ngl} or a smaller quantisation" if ngl else "a smaller quantisation"
     if kv and n > 1:
-        levers = "; ".join(f"{what} frees {_m(v)}" for what, v in kv_levers(kv, run.n_ctx_slot, n)[1:])
+        names = {"parallel": str(_lever(run, "parallel")), "context": str(_lever(run, "context_name"))}
+        levers = "; ".join(f"{what} frees {_m(v)}" for what, v in kv_levers(kv, run.n_ctx_slot, n, **names))
         return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
                 f"{levers}; or {tail}.")
     # Fewer slots only where the server may run more than one.
