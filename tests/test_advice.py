@@ -185,3 +185,11 @@ def test_target_kv_levers_keep_every_slot_lever_without_a_context_size() -> None
     """When the log gives no per-slot context, both slot levers stay (2 and 1 instead of 4)."""
     hint = _target_kv_oom(None, None)
     assert "--parallel 2 instead of 4" in hint and "--parallel 1 instead of 4" in hint, hint
+
+
+@pytest.mark.parametrize(("scenario", "head"), [("eagle3-with-plain-draft", "an EAGLE-3 head"),
+                                                ("dflash-with-plain-draft", "a DFlash head")])
+def test_head_type_advice_names_the_head_with_its_article(cat: Catalogue, scenario: str, head: str) -> None:
+    """The advice for a plain draft given to a head type reads 'needs an EAGLE-3 head' / 'a DFlash head'."""
+    [inc] = incidents_of(cat, ENGINE / f"{scenario}-default.log")
+    assert f"needs {head} made for this target" in inc.hint, inc.hint

@@ -58,10 +58,11 @@ _BY_CAUSE: dict[str, str] = {
         "--spec-type {impl} needs a draft model: give it with -md (--model-draft), or drop --spec-type "
         "{impl} (an n-gram type such as ngram-mod speculates without a draft)."),
     "draft_kind_mismatch": (
-        "{head} speculation needs a {head} head made for this target, not an ordinary draft model: give the "
+        "{head} speculation needs {a_head} head made for this target, not an ordinary draft model: give the "
         "matching head as the draft, or keep this draft and use it as a plain one with --spec-type draft-simple."),
 }
-_HEADS = {"eagle3": "EAGLE-3", "dflash": "DFlash", "dspark": "DSpark"}
+#: A head type's name as its authors write it, and its article.
+_HEADS = {"eagle3": ("EAGLE-3", "an"), "dflash": ("DFlash", "a"), "dspark": ("DSpark", "a")}
 
 
 def _lever(run: Run, name: str, **kw: object) -> str | None:
@@ -113,8 +114,8 @@ def for_incident(inc: Incident, run: Run) -> str:
     cause = inc.extra.get("cause")
     if cause in _BY_CAUSE:
         impl = str(inc.extra.get("impl") or "draft-simple")
-        head = _HEADS.get(impl.removeprefix("draft-"), "An EAGLE-3 or DFlash")
-        return _BY_CAUSE[str(cause)].format(impl=impl, head=head).replace("a An ", "an ")
+        name, article = _HEADS.get(impl.lower().removeprefix("draft-").replace("-", ""), ("EAGLE-3 or DFlash", "an"))
+        return _BY_CAUSE[str(cause)].format(impl=impl, head=name, a_head=f"{article} {name}")
     match inc.kind:
         case "draft_context_failed" if cause == "draft_head_alone":
             return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
