@@ -181,3 +181,23 @@ def test_lifecycle_invariants(tmp_path_factory: pytest.TempPathFactory, steps: l
         assert row.count >= count and row.generation >= gen
         count, gen = row.count, row.generation
     store.close()
+
+
+def test_restart_loop_after_ack_reopens_once_then_counts(store: Store) -> None:
+    """A process reading a restart loop reports each further load as the same incident with a higher count.
+    Acknowledged after load 2, load 3 reopens it (the ack ended the alert, it must not silence the next
+    failure) and counts 1 more; load 4 only counts. No load is counted twice."""
+    i = inc()
+    occ = Occurrence("pipe-1", rereadable=False, run=1, line=3)
+    store.record(i.as_dict(), "opened", 1.0, occ)
+    i.count = 2
+    assert store.record(i.as_dict(), "updated", 2.0, occ)[0] == "repeat"
+    store.acknowledge([i.key], "fixing the draft", 3.0)
+    i.count = 3
+    what, row = store.record(i.as_dict(), "updated", 4.0, occ)
+    assert what == "reopened" and row is not None
+    assert (row.status, row.generation, row.count, row.ack_note) == ("open", 2, 3, "")
+    i.count = 4
+    what, row = store.record(i.as_dict(), "updated", 5.0, occ)
+    assert what == "repeat" and row is not None and (row.status, row.generation, row.count) == ("open", 2, 4)
+    assert store.record(i.as_dict(), "updated", 6.0, occ)[1].count == 4  # type: ignore[union-attr]

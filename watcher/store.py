@@ -5,9 +5,11 @@ with an optional note) or ``resolved`` (the server later loaded with working spe
 occurrence* (see :class:`Occurrence`) after ``resolved`` or ``acknowledged`` opens it again in a new
 *generation* (the outbox keys its messages by generation, so a reopened incident is announced again: an
 acknowledgement ends the alert, so it must not silence the next failure); a new occurrence of an open one
-bumps ``count``; the same occurrence read again (a second ``scan`` of a file, ``watch --from-start``, the
-lines a restarted ``watch`` reads again after its last checkpoint) changes no status and no count. Every
-transition is also written to ``incident_log`` for ``specwatch history``.
+bumps ``count``. A reader of a restart loop records its incident again with a higher ``count``: the loads it
+adds are new occurrences, so the first of them after an acknowledgement reopens it. The same occurrence read
+again (a second ``scan`` of a file, ``watch --from-start``, the lines a restarted ``watch`` reads again after
+its last checkpoint) changes no status and no count. Every transition is also written to ``incident_log`` for
+``specwatch history``.
 """
 
 from __future__ import annotations
@@ -215,6 +217,9 @@ class Store:
                              "WHERE key = ?", (key,)).fetchone()
             new = old is not None and occ.is_new(*seen[:4])
             times = max(int(inc.get("count") or 1), 1)  # server loads this one record stands for
+            # The occurrence last counted, told again by its reader: only the loads it recurred since are new.
+            same = old is not None and occ.reader == seen[0] and (occ.run, occ.line) == (seen[1], seen[2])
+            recurred = max(times - int(seen[4] or 1), 0) if same else 0
             if change == "opened" and old is not None and not new:
                 change = "updated"  # the same occurrence, read again
             fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
@@ -235,19 +240,17 @@ class Store:
                 what = "opened"
             elif change == "updated" and old.status == "resolved" and occ.reader != seen[0]:
                 what = "unchanged"  # another reader's replay of an occurrence that has since resolved
-            elif old.status == "resolved" or (old.status == "acknowledged" and change == "opened"):
+            elif old.status == "resolved" or (old.status == "acknowledged" and (change == "opened" or recurred)):
+                # A server load that failed after the acknowledgement (a restart loop goes on) is the next
+                # failure the ack must not silence: it opens the incident again, once; later loads count.
+                add = times if change == "opened" or not same else recurred
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, opened_at = ?, count = count + ?, "
                           "generation = generation + 1, status = 'open', ack_note = '', acked_at = NULL, "
-                          "resolved_at = NULL, resolution = '' WHERE key = ?", (*fields, now, now, times, key))
+                          "resolved_at = NULL, resolution = '' WHERE key = ?", (*fields, now, now, add, key))
                 what = "reopened"
             else:
-                if change == "opened":
-                    bump = times
-                elif occ.reader == seen[0] and (occ.run, occ.line) == (seen[1], seen[2]):
-                    bump = max(times - int(seen[4] or 1), 0)  # the same occurrence, recurred since last told
-                else:
-                    bump = 0
+                bump = times if change == "opened" else recurred
                 c.execute("UPDATE incidents SET kind = ?, severity = ?, title = ?, source = ?, host = ?, slots = ?, "
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, count = count + ? WHERE key = ?",
                           (*fields, now, bump, key))
