@@ -201,3 +201,19 @@ def test_restart_loop_after_ack_reopens_once_then_counts(store: Store) -> None:
     what, row = store.record(i.as_dict(), "updated", 5.0, occ)
     assert what == "repeat" and row is not None and (row.status, row.generation, row.count) == ("open", 2, 4)
     assert store.record(i.as_dict(), "updated", 6.0, occ)[1].count == 4  # type: ignore[union-attr]
+
+
+def test_loop_resolved_elsewhere_reopens_with_only_its_new_loads(store: Store) -> None:
+    """A loop counted 2 times, resolved by another process (same models, working speculation), then failing a
+    3rd time for its reader: reopened with count 3, not 2 + 3."""
+    i = inc()
+    occ = Occurrence("pipe-1", rereadable=False, run=1, line=3)
+    store.record(i.as_dict(), "opened", 1.0, occ)
+    i.count = 2
+    store.record(i.as_dict(), "updated", 2.0, occ)
+    fixed = inc(run=7, line=500)
+    fixed.status = "resolved"
+    assert store.record(fixed.as_dict(), "resolved", 3.0, Occurrence("watch-2", run=7, line=500))[0] == "resolved"
+    i.count = 3
+    what, row = store.record(i.as_dict(), "updated", 4.0, occ)
+    assert what == "reopened" and row is not None and row.count == 3
