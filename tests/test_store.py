@@ -217,3 +217,10 @@ def test_loop_resolved_elsewhere_reopens_with_only_its_new_loads(store: Store) -
     i.count = 3
     what, row = store.record(i.as_dict(), "updated", 4.0, occ)
     assert what == "reopened" and row is not None and row.count == 3
+
+
+def test_a_single_repeat_row_says_its_count(store: Store) -> None:
+    """The first 'repeat' row of history already says how many times (2), like the rows it later stands for."""
+    store.record(inc().as_dict(), "opened", 1.0, Occurrence("pipe-1", rereadable=False, run=1, line=3))
+    store.record(inc().as_dict(), "opened", 2.0, Occurrence("pipe-2", rereadable=False, run=1, line=3))
+    assert [(what, note) for _, _, what, note, _ in store.history()] == [("repeat", "2 times"), ("opened", "")]

@@ -266,8 +266,10 @@ class Store:
                 c.execute("UPDATE incident_log SET at = ?, note = (SELECT count || ' times' FROM incidents "
                           "WHERE key = ?) WHERE id = ?", (now, key, last[0]))
             elif what != "unchanged":
-                c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)",
-                          (key, now, what, inc.get("resolution", "") if what == "resolved" else ""))
+                note = inc.get("resolution", "") if what == "resolved" else ""
+                if what == "repeat":
+                    note = f"{c.execute('SELECT count FROM incidents WHERE key = ?', (key,)).fetchone()[0]} times"
+                c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)", (key, now, what, note))
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
             row = _row(r) if r else None
             if then is not None and row is not None:
