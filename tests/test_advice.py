@@ -27,6 +27,7 @@ CAT = "import sys; sys.stderr.buffer.write(open(sys.argv[1], 'rb').read())"
 
 
 def analyse(cat: Catalogue, data: bytes, source: str = "log") -> Analyzer:
+    """The analysis of a whole log, read to its end."""
     a = Analyzer(cat, source=source)
     a.feed(data)
     a.finish()
@@ -34,6 +35,7 @@ def analyse(cat: Catalogue, data: bytes, source: str = "log") -> Analyzer:
 
 
 def incidents_of(cat: Catalogue, log: Path) -> list[Incident]:
+    """The incidents of one sample log."""
     return analyse(cat, log.read_bytes(), log.name).incidents()
 
 
@@ -48,6 +50,7 @@ def opened(events: Path) -> list[dict[str, Any]]:
 
 
 def advice(rec: dict[str, Any]) -> tuple[str, str, str]:
+    """What a reader is told: kind, severity and hint."""
     return rec["kind"], rec["severity"], rec["hint"]
 
 
@@ -112,6 +115,7 @@ def test_seed_draft_failure_is_described_for_its_four_slots(cat: Catalogue) -> N
 
 
 def _advised_values(hint: str) -> dict[str, int]:
+    """The slot counts a hint advises, by the setting that sets them."""
     return {flag: int(v) for flag, v in re.findall(r"(--parallel|Max Concurrent Predictions) (\d+)", hint)}
 
 

@@ -18,6 +18,7 @@ ENGINE = SAMPLES / "engine"
 
 
 def analyse(cat: Catalogue, data: bytes, source: str = "log") -> Analyzer:
+    """The analysis of a whole log, read to its end."""
     a = Analyzer(cat, source=source)
     a.feed(data)
     a.finish()
@@ -50,6 +51,7 @@ def test_help_example_is_a_correct_command() -> None:
 
 
 def _loop(n: int) -> bytes:
+    """A server that fails the same way at each of ``n`` restarts (the b11549 draft KV failure, n times)."""
     return (ENGINE / "draft-kv-oom-default.log").read_bytes() * n
 
 

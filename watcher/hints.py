@@ -80,10 +80,11 @@ def _slots(run: Run) -> int | None:
 
 
 def _on_cpu(inc: Incident) -> bool:
+    """Whether the failed allocation was in host memory (the CPU backend), where GPU layers do not matter."""
     return bool(inc.device) and str(inc.device).upper().startswith("CPU")
 
 
-def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1, free_mib: float | None = None,
+def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1, free_mib: float | None = None, *,
               parallel: str = "--parallel", context: str = "context") -> list[tuple[str, float]]:
     """What each lever frees from a KV cache of ``kv_mib`` over ``n_slots`` contexts of ``n_ctx`` tokens.
 
@@ -193,8 +194,9 @@ def _target_memory(inc: Incident, run: Run) -> str:
     ngl = None if _on_cpu(inc) else _lever(run, "gpu_layers")
     tail = f"{ngl} or a smaller quantisation" if ngl else "a smaller quantisation"
     if kv and n > 1:
-        names = {"parallel": str(_lever(run, "parallel")), "context": str(_lever(run, "context_name"))}
-        levers = "; ".join(f"{what} frees {_m(v)}" for what, v in kv_levers(kv, run.n_ctx_slot, n, **names))
+        found = kv_levers(kv, run.n_ctx_slot, n, parallel=str(_lever(run, "parallel")),
+                          context=str(_lever(run, "context_name")))
+        levers = "; ".join(f"{what} frees {_m(v)}" for what, v in found)
         return (f"The target's KV cache takes {_m(kv)} for {n} slots ({_m(kv / n)} each, pre-allocated): "
                 f"{levers}; or {tail}.")
     # Fewer slots only where the server may run more than one.

@@ -53,6 +53,7 @@ def banner(inc: Incident, colour: bool, width: int = 100, then: Iterable[Inciden
 
 
 def _wrapped(label: str, value: Any, width: int) -> list[str]:
+    """A labelled banner field wrapped to ``width``; nothing for an empty value."""
     if value in (None, "", []):
         return []
     wrapped = textwrap.wrap(str(value), width - 14, break_on_hyphens=False) or [""]

@@ -268,7 +268,8 @@ class Store:
             elif what != "unchanged":
                 note = inc.get("resolution", "") if what == "resolved" else ""
                 if what == "repeat":
-                    note = f"{c.execute('SELECT count FROM incidents WHERE key = ?', (key,)).fetchone()[0]} times"
+                    (count,) = c.execute("SELECT count FROM incidents WHERE key = ?", (key,)).fetchone()
+                    note = f"{count} times"
                 c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, ?, ?)", (key, now, what, note))
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
             row = _row(r) if r else None
