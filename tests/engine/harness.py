@@ -809,6 +809,7 @@ class Unsupported(Exception):
 
 
 def _check_expressible(params: Any, wanted: dict[str, Any]) -> None:
+    """Raise Unsupported for a scenario this build's CommonParams cannot state at all."""
     spec = params.speculative
     if ("speculative.types" in wanted and not hasattr(spec, "types") and not hasattr(spec, "type")
             and "speculative.draft.mparams.path" not in wanted):
@@ -816,6 +817,7 @@ def _check_expressible(params: Any, wanted: dict[str, Any]) -> None:
 
 
 def _has_path(obj: Any, dotted: str) -> bool:
+    """Whether ``obj`` has the dotted attribute path (this build's CommonParams layout)."""
     for name in dotted.split("."):
         if not hasattr(obj, name):
             return False
@@ -839,6 +841,7 @@ def _set_param(obj: Any, dotted: str, value: Any, xlc: Any) -> None:
 
 
 def _set_spec_types(params: Any, names: list[str], xlc: Any) -> None:
+    """Set --spec-type ``names`` as this build takes them (a list, one older enum value, or implied by a draft)."""
     spec = params.speculative
     enum = getattr(xlc, "common_speculative_type", None)
     if hasattr(spec, "types"):
