@@ -136,3 +136,14 @@ def test_a_restart_that_fails_differently_is_not_counted_as_the_same_failure(cat
     assert (first.count, second.count) == (1, 1)
     assert (first.reason, second.reason) == ("file not found", "file is not a valid GGUF")
     assert "path" in first.hint and "GGUF" in second.hint
+
+
+def test_llama_swap_swap_ins_failing_the_same_way_are_one_incident(cat: Catalogue) -> None:
+    """llama-swap at its default (info) level names a model only after its process loaded: three swap-ins of a
+    model whose draft is refused each time are one incident counted 3 times, as at debug level."""
+    log = (SAMPLES / "swap" / "llamaswap-info-swap-vocab-mismatch-then-working.log").read_bytes()
+    a = analyse(cat, log * 3)
+    [inc] = a.incidents()
+    assert (inc.kind, inc.count, inc.run, inc.extra.get("last_run")) == ("draft_incompatible", 3, 1, 3)
+    r = cli(stdin=log * 3)
+    assert r.stderr.count("SPECWATCH CRITICAL") == 1, r.stderr

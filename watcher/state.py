@@ -172,6 +172,9 @@ class Stream:
         self._pending_gpu_ignored: Event | None = None
         #: The program whose log this is, once a line says so (LM Studio's record headers): no run of its own.
         self.host: str | None = None
+        #: Where the load before a run's first one is, when another stream holds it (llama-swap names a model
+        #: only after its process loaded, so a swap-in starts a stream of its own): see ``_recurrence``.
+        self.earlier_load: Callable[[Run], Run | None] | None = None
         self._last_acc: list[tuple[int, int]] = []  # (drafted, accepted) per task, newest last
 
     # -- runs -----------------------------------------------------------------------------------
@@ -894,9 +897,10 @@ class Stream:
         A different reason or cause is a different failure (the draft was missing, then is a truncated file at
         the same path): counting it as the same one would repeat the first one's reason and advice.
         """
-        for older in reversed(self.runs):
-            if older is run:
-                continue
+        before = [older for older in reversed(self.runs) if older is not run][:1]
+        if not before and self.earlier_load is not None:
+            before = [r for r in (self.earlier_load(run),) if r is not None]
+        for older in before:
             inc = older.incidents.get(kind)
             if inc is not None and inc.status == "open" \
                     and basename(inc.model) == basename(run.target_model) \

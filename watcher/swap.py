@@ -217,10 +217,15 @@ class SwapStream(Stream):
         earlier runs move into it, renumbered in order, as state numbers the reloads of one server.
         """
         old, new = earlier.runs, later.runs
+        # An incident of an earlier run that a later one recurred keeps its run; it counts to the renumbered one.
+        carried = {id(inc) for run in old for inc in run.incidents.values()}
         for n, run in enumerate(new, len(old) + 1):
-            run.ordinal = n
+            was, run.ordinal = run.ordinal, n
             for inc in run.incidents.values():
-                inc.run = n
+                if id(inc) not in carried:
+                    inc.run = n
+                elif inc.extra.get("last_run") == was:
+                    inc.extra["last_run"] = n
         if old and new:
             # state's rule for a reload: speculation once asked for is expected of the next load too.
             new[0].spec_expected = new[0].spec_expected or old[-1].spec_requested or old[-1].spec_expected
@@ -232,7 +237,20 @@ class SwapStream(Stream):
     def _new_stream(self) -> Stream:
         stream = Stream(self.source, self.settings)
         stream.on_change = self._tagger(stream)
+        stream.earlier_load = self._earlier_load(stream)
         return stream
+
+    def _earlier_load(self, stream: Stream) -> Callable[[Run], Run | None]:
+        def find(run: Run) -> Run | None:
+            """The latest load of ``run``'s target and draft in another section: the one before it, when this
+            section is a swap-in llama-swap has not named yet (its info level names it after the load)."""
+            if (stream in self._names) or not (run.target_model or run.draft_model):
+                return None
+            same = [r for s in self.streams if s is not stream for r in s.runs
+                    if basename(r.target_model) == basename(run.target_model)
+                    and basename(r.draft_model) == basename(run.draft_model)]
+            return max(same, key=lambda r: r.last_line, default=None)
+        return find
 
     def _tagger(self, stream: Stream) -> Callable[[Incident], None]:
         def changed(inc: Incident) -> None:
