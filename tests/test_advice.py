@@ -34,6 +34,13 @@ def analyse(cat: Catalogue, data: bytes, source: str = "log") -> Analyzer:
     return a
 
 
+def engine_logs(pattern: str) -> list[Path]:
+    """The b11549 engine samples matching ``pattern`` at both verbosities (never none: a renamed sample fails)."""
+    logs = sorted(ENGINE.glob(pattern))
+    assert len(logs) == 2, (pattern, logs)
+    return logs
+
+
 def incidents_of(cat: Catalogue, log: Path) -> list[Incident]:
     """The incidents of one sample log."""
     return analyse(cat, log.read_bytes(), log.name).incidents()
@@ -84,7 +91,7 @@ def test_draft_without_spec_type_gets_the_same_advice_everywhere(tmp_path: Path,
 
 def test_spec_type_without_draft_advises_giving_a_draft(cat: Catalogue) -> None:
     """--spec-type draft-simple without -md: give the draft (-md) or drop the type; nothing to 'reload'."""
-    for log in sorted(ENGINE.glob("spec-type-without-draft-*.log")):
+    for log in engine_logs("spec-type-without-draft-*.log"):
         [inc] = incidents_of(cat, log)
         assert "-md" in inc.hint and "drop --spec-type" in inc.hint, inc.hint
         assert "Reload" not in inc.hint
@@ -93,7 +100,7 @@ def test_spec_type_without_draft_advises_giving_a_draft(cat: Catalogue) -> None:
 @pytest.mark.parametrize("scenario", ["eagle3-with-plain-draft", "dflash-with-plain-draft"])
 def test_head_type_with_a_plain_draft_advises_the_right_draft_kind(cat: Catalogue, scenario: str) -> None:
     """An EAGLE-3/DFlash type given an ordinary draft: a head made for the target, or --spec-type draft-simple."""
-    for log in sorted(ENGINE.glob(f"{scenario}-*.log")):
+    for log in engine_logs(f"{scenario}-*.log"):
         [inc] = incidents_of(cat, log)
         assert "--spec-type draft-simple" in inc.hint, inc.hint
         assert "same model family" not in inc.hint
@@ -102,7 +109,7 @@ def test_head_type_with_a_plain_draft_advises_the_right_draft_kind(cat: Catalogu
 def test_one_slot_draft_kv_failure_is_not_described_per_slot(cat: Catalogue) -> None:
     """A 1-slot server whose draft KV cache failed once (through a chain of allocator lines) is not told of 2
     slots, nor to use --parallel 1."""
-    for log in sorted(ENGINE.glob("draft-kv-oom-*.log")):
+    for log in engine_logs("draft-kv-oom-*.log"):
         [inc] = incidents_of(cat, log)
         assert "slots" not in inc.hint and "--parallel" not in inc.hint, inc.hint
         assert inc.extra.get("failed_allocations") == 1
@@ -134,7 +141,7 @@ def test_no_hint_advises_a_value_the_server_already_uses(cat: Catalogue) -> None
 
 def test_target_oom_on_the_cpu_is_not_told_to_lower_ngl(cat: Catalogue) -> None:
     """The target's KV cache did not fit in host memory (CPU backend): -ngl would not help."""
-    for log in sorted(ENGINE.glob("target-kv-oom-*.log")):
+    for log in engine_logs("target-kv-oom-*.log"):
         [inc] = incidents_of(cat, log)
         assert inc.kind == "main_model_oom" and inc.device == "CPU"
         assert "-ngl" not in inc.hint and "context" in inc.hint
