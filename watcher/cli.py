@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from watcher import __version__
+from watcher import __version__, db
 from watcher.commands import notify, patterns, pipe, probe, scan, status, watch
 from watcher.commands import run as run_command
 from watcher.commands._common import UsageError, add_analysis_options
@@ -93,6 +94,12 @@ def run(argv: Sequence[str], env: Environment) -> int:
         return int(handler(args, env))
     except UsageError as exc:
         env.stderr.write(f"specwatch: {exc}\n")
+        return ExitStatus.USAGE
+    except db.StoreError as exc:  # the database failed after it was opened (locked past the wait, disk full)
+        env.stderr.write(f"specwatch: incident store {exc}\n")
+        return ExitStatus.USAGE
+    except sqlite3.Error as exc:
+        env.stderr.write(f"specwatch: incident store: {exc}\n")
         return ExitStatus.USAGE
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else ExitStatus.OK

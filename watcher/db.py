@@ -9,22 +9,79 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+#: Seconds a write waits for another process's write lock before it fails (and is retried or reported).
+BUSY_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
-def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
+class StoreError(Exception):
+    """The database cannot be opened or used: one line naming the file and SQLite's (or the OS's) reason."""
+
+
+def opened(path: Path, make: Callable[[sqlite3.Connection], T], timeout: float = BUSY_TIMEOUT) -> T:
+    """``make(connection)`` (a component migrating its tables) over a new connection to ``path``.
+
+    The connection is closed again when ``make`` fails; every failure (a garbage file, a directory where
+    the database should be, a full disk, a lock held longer than ``timeout``, a schema too new) is a
+    :class:`StoreError` naming the file.
+    """
+    try:
+        conn = connect(path, timeout)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(describe(path, exc)) from exc
+    try:
+        return make(conn)
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        conn.close()
+        raise StoreError(describe(path, exc)) from exc
+
+
+def describe(path: Path, exc: BaseException) -> str:
+    """``PATH: reason`` for a failure of the database at ``path``."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    where = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else path
+    if isinstance(exc, FileExistsError) and not where.is_dir():
+        reason = "not a directory"  # mkdir's complaint about a file where the state directory should be
+    return f"{where}: {reason}"
+
+
+#: SQLite result codes that waiting may cure: another process's lock, a full disk, an I/O error.
+_WAITABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PROTOCOL")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether waiting may cure ``exc`` (a lock, a full disk, an I/O error), not a garbage file, a directory
+    in the database's place, a read-only file or a bug."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
+    if name:
+        return str(name).startswith(_WAITABLE)
+    return any(word in str(exc) for word in ("locked", "busy", "full", "disk I/O"))
+
+
+def connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """Open (creating with mode 0600) the database in WAL mode with a busy timeout."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
         os.close(fd)
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, "
+                     "version INTEGER NOT NULL)")
+    except BaseException:
+        conn.close()  # a garbage file: the caller reports it, nothing stays open
+        raise
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(OSError):
             Path(str(path) + suffix).chmod(0o600)
@@ -35,8 +92,13 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
     """Apply the migrations of ``component`` not yet applied, each in one transaction; returns the version.
 
     ``migrations[i]`` is the SQL script taking the component from version ``i`` to ``i + 1``.
-    Concurrent processes serialise on ``BEGIN IMMEDIATE``, so a migration runs once.
+    Concurrent processes serialise on ``BEGIN IMMEDIATE``, so a migration runs once. A database already at
+    this version is only read (WAL readers never wait for a writer): a process holding the write lock for
+    a long time must not keep another from starting.
     """
+    row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+    if row and row[0] == len(migrations):
+        return len(migrations)
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
@@ -53,9 +115,20 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
                      "ON CONFLICT(component) DO UPDATE SET version = excluded.version", (component, len(migrations)))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     return len(migrations)
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so.
+
+    A full disk (SQLITE_FULL) or an I/O error rolls the transaction back by itself; a ``ROLLBACK`` then
+    fails with "no transaction is active", which would hide the error that matters.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _statements(script: str) -> list[str]:

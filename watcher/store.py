@@ -178,9 +178,12 @@ class Store:
         db.migrate(conn, COMPONENT, MIGRATIONS)
 
     @classmethod
-    def open(cls, path: Path, host: str | None = None) -> Store:
-        """Open (creating and migrating) the store at ``path``."""
-        return cls(db.connect(path), host)
+    def open(cls, path: Path, host: str | None = None, timeout: float = db.BUSY_TIMEOUT) -> Store:
+        """Open (creating and migrating) the store at ``path``; ``timeout``: how long a write waits for a lock.
+
+        Raises :class:`watcher.db.StoreError` (naming the file) when it cannot be opened.
+        """
+        return db.opened(path, lambda conn: cls(conn, host), timeout)
 
     def close(self) -> None:
         """Release the connection."""
@@ -192,10 +195,12 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            # Inside the try: a COMMIT that fails (a full disk, a lock it could not upgrade) leaves the
+            # transaction open, and the connection must not stay in it.
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            db.rollback(self.conn)
             raise
-        self.conn.execute("COMMIT")
 
     def record(self, inc: Mapping[str, Any], change: str, now: float,
                occurrence: Occurrence | None = None,

@@ -214,7 +214,7 @@ def test_scan_of_stdin_is_a_new_occurrence_each_time() -> None:
 def test_a_recorder_that_cannot_start_is_reported_not_fatal(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the recorder cannot open its outbox it says so once, keeps draining, and closing does not hang."""
     def broken(store: Store) -> Outbox:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise sqlite3.DatabaseError("file is not a database")
 
     monkeypatch.setattr("watcher.notify.sink.Outbox", broken)
     env, _, err = make_env({})
@@ -223,4 +223,5 @@ def test_a_recorder_that_cannot_start_is_reported_not_fatal(state: Path, monkeyp
         sink.incident(incident(n), "opened")
     sink.close()
     assert not sink.recorder.is_alive()
-    assert err.getvalue().count("incidents are not recorded or notified: disk I/O error") == 1
+    assert err.getvalue().count("incidents are not recorded or notified: incident store ") == 1
+    assert err.getvalue().count("file is not a database") == 1

@@ -13,9 +13,9 @@ from watcher.notify.contract import Delivery
 from watcher.notify.outbox import Outbox
 from watcher.notify.redact import Redactor
 from watcher.notify.worker import Worker, send
-from watcher.store import Store
 
 from ._common import UsageError, load_config
+from .status import open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not targets:
         raise UsageError("notify: no targets configured (--notify URL, $SPECWATCH_NOTIFY, [notify] urls)")
     if args.action == "list":
-        store = Store.open(notify_sink.db_path(args, env))
+        store = open_store(args, env)
         try:
             pending = Outbox(store).pending()
         finally:
@@ -77,20 +77,24 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     def log(text: str) -> None:
         env.stderr.write(text + "\n")
 
+    open_store(args, env).close()  # a store that cannot be opened is one line and exit 2, before any send
     worker = Worker(notify_sink.db_path(args, env), targets, notify_sink.settings_from(args, conf), env.clock, log)
-    # A target added since an incident opened is told about it; then everything queued is tried now,
-    # whatever its backoff said.
-    worker.announce_open()
     deadline = time.monotonic() + args.wait
-    while True:
-        worker.due_now()
-        worker.run_once()
-        left = worker.pending_count()
-        if not left or time.monotonic() >= deadline:
-            break
-        time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+    try:
+        # A target added since an incident opened is told about it; then everything queued is tried now,
+        # whatever its backoff said.
+        worker.announce_open()
+        while True:
+            worker.due_now()
+            worker.run_once()
+            left = worker.pending_count()
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+    finally:
+        worker.stop()
     env.stdout.write(f"delivered {worker.delivered} message rows, {left} still queued\n".encode())
-    store = Store.open(notify_sink.db_path(args, env))
+    store = open_store(args, env)
     try:
         stuck = Outbox(store).pending([t.id for t in targets])
     finally:

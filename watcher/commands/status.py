@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from watcher import db
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
@@ -61,11 +62,16 @@ def _state(p: argparse.ArgumentParser) -> None:
                    help="where the incident store lives (default: $SPECWATCH_STATE_DIR or the user state dir)")
 
 
-def _open(args: argparse.Namespace, env: Environment) -> Store:
+def open_store(args: argparse.Namespace, env: Environment) -> Store:
+    """The incident store of ``--state-dir`` (or the default); one line (exit 2) when it cannot be opened."""
     try:
-        return Store.open(notify_sink.db_path(args, env))
-    except (OSError, RuntimeError) as exc:
-        raise UsageError(f"incident store: {exc}") from exc
+        path = notify_sink.db_path(args, env)
+    except OSError as exc:
+        raise UsageError(f"incident store {db.describe(Path(exc.filename or ''), exc)}") from exc
+    try:
+        return Store.open(path)
+    except db.StoreError as exc:
+        raise UsageError(f"incident store {exc}") from exc
 
 
 def _when(t: float | None) -> str:
@@ -74,7 +80,7 @@ def _when(t: float | None) -> str:
 
 def run_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Print the table or JSON; exit 1 when open incidents exist."""
-    store = _open(args, env)
+    store = open_store(args, env)
     try:
         rows = store.open_incidents()
     finally:
@@ -99,7 +105,7 @@ def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if bool(args.ids) == bool(args.all):
         raise UsageError("ack: give incident ids or --all (not both)")
     targets = notify_sink.targets_from(args, env, load_config(args, env))
-    store = _open(args, env)
+    store = open_store(args, env)
     try:
         keys: list[str] | None = None
         if args.ids:
@@ -139,7 +145,10 @@ def _send_ends(args: argparse.Namespace, env: Environment, targets: list[Target]
     if mine:
         worker = Worker(notify_sink.db_path(args, env), [t for t in targets if t.id in {r[1] for r in mine}],
                         notify_sink.settings_from(args, load_config(args, env)), env.clock)
-        results = {res.target.id: res for res in worker.run_once(only=[r[0] for r in mine])}
+        try:
+            results = {res.target.id: res for res in worker.run_once(only=[r[0] for r in mine])}
+        finally:
+            worker.stop()
         for target_id, label in dict.fromkeys((r[1], r[2]) for r in mine):
             res = results.get(target_id)
             if res is None:  # a running watcher claimed the row first: it is sending it
@@ -156,7 +165,7 @@ def _send_ends(args: argparse.Namespace, env: Environment, targets: list[Target]
 
 def run_history(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Recent transitions, newest first."""
-    store = _open(args, env)
+    store = open_store(args, env)
     try:
         since = env.clock() - args.since * 3600 if args.since is not None else None
         rows = store.history(args.limit, since)

@@ -15,13 +15,15 @@ import argparse
 import contextlib
 import queue
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from watcher import config as cfg
-from watcher import paths
+from watcher import db, paths
 from watcher.dispatch import Dispatcher, Extension
 from watcher.environment import Environment
 from watcher.errors import UsageError
@@ -37,13 +39,29 @@ from watcher.store import Occurrence, Store, StoredIncident
 REREADABLE = frozenset({"scan", "watch"})
 #: Seconds a pipe waits at EOF for queued messages to go out before exiting (the rest stay queued).
 EXIT_GRACE = 5.0
+#: Seconds the recorder waits for another process's write lock before it retries (each retry waits again).
+RECORD_BUSY_TIMEOUT = 1.0
+#: First and longest pause between attempts to record while the database refuses writes.
+RETRY_FIRST, RETRY_MAX = 0.25, 5.0
+#: Waiting changes past which any later change of an incident already waiting replaces it (bounded memory).
+BACKLOG = 1000
+#: Seconds ``close`` waits for the recorder to store what is queued (a locked or full database).
+CLOSE_WAIT = 10.0
 
 
 class StoreSink:
-    """Writes incident changes into the store and the outbox; owns the delivery worker."""
+    """Writes incident changes into the store and the outbox; owns the delivery worker.
+
+    An incident change the database refuses (another process holds the write lock, the disk is full) is
+    kept and retried until it is stored, saying so once while it waits and once when it is stored. While
+    it waits, a later update of the same incident replaces its snapshot, and past :data:`BACKLOG` waiting
+    changes any later change of an incident already waiting replaces that one, so memory stays bounded
+    (repeats counted in that time are lost; the incident and its last state are not).
+    """
 
     def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,  # noqa: PLR0917
-                 exit_grace: float = EXIT_GRACE, rereadable: bool = False) -> None:
+                 exit_grace: float = EXIT_GRACE, rereadable: bool = False, open_now: bool = True,
+                 opener: Callable[[], Store] | None = None) -> None:
         self.db_path = db_path
         #: This process as a reader of its input (see watcher.store.Occurrence): a pipe's stdin or a server's
         #: output cannot be read twice, so every occurrence a new one reads is new; ``scan`` and ``watch``
@@ -54,9 +72,17 @@ class StoreSink:
         self.env = env
         self.exit_grace = exit_grace
         self.queue: queue.Queue[tuple[dict[str, Any], str, float] | None] = queue.Queue()
+        #: Changes taken from the queue and not yet stored, oldest first (the recorder thread's own).
+        self.backlog: deque[list[Any]] = deque()
+        #: Attempts the database refused (a lock, a full disk), for the notices and the tests.
+        self.refused = 0
+        self._closing = False
+        self._open = opener or (lambda: Store.open(db_path, timeout=RECORD_BUSY_TIMEOUT))
         self.worker = Worker(db_path, targets, settings, env.clock, self._log) if targets else None
-        # Opened here so a bad state dir fails now, not in the thread; from now on only the recorder uses it.
-        self._store = Store.open(db_path)
+        # ``open_now``: a command whose output is the store's (``scan --notify``, ``watch``) fails now on a bad
+        # state dir; otherwise (a pipe, ``run``) the recorder opens it beside the server's output, which never
+        # waits for it, and says so if it cannot.
+        self._store: Store | None = self._open() if open_now else None
         self.recorder = threading.Thread(target=self._record_loop, name="specwatch-store", daemon=True)
         self.recorder.start()
         if self.worker is not None:
@@ -76,33 +102,119 @@ class StoreSink:
         self.queue.put((inc.as_dict(), change, self.env.clock()))
 
     def _record_loop(self) -> None:
-        store = self._store
         try:
-            outbox = Outbox(store)
-            if self.targets:
-                # apprise and the plugins load only for someone to notify: without targets the store alone is
-                # kept (apprise is a third of pipe mode's CPU on a 32 MiB log).
-                plugins.load()
-            if self.worker is not None and outbox.announce_open(self.worker.filters("opened"), self.env.clock()):
-                # A target added (or fixed) since an incident opened hears of it now, once.
-                self.worker.wake()
-        except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
-            self._log(f"specwatch: incidents are not recorded or notified: {exc}")
-            store.close()
-            while self.queue.get() is not None:
-                pass
+            outbox = self._connect()
+            if outbox is None:
+                while not self._closing and self._take(self.queue.get()):
+                    pass
+                return
+            self._drain(outbox)
+        finally:
+            if self._store is not None:
+                self._store.close()
+
+    def _connect(self) -> Outbox | None:
+        """The outbox over the store, opened (and migrated) here when not yet; waits out a lock or a full disk;
+        None (said once) when the store cannot be used at all (a garbage file, a directory in its place)."""
+        delay, said = RETRY_FIRST, False
+        while True:
+            try:
+                if self._store is None:
+                    self._store = self._open()
+                outbox = Outbox(self._store)
+                if self.targets:
+                    # apprise and the plugins load only for someone to notify: without targets the store alone
+                    # is kept (apprise is a third of pipe mode's CPU on a 32 MiB log).
+                    plugins.load()
+                if self.worker is not None and outbox.announce_open(self.worker.filters("opened"),
+                                                                    self.env.clock()):
+                    # A target added (or fixed) since an incident opened hears of it now, once.
+                    self.worker.wake()
+            except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
+                cause = exc.__cause__ if isinstance(exc, db.StoreError) and exc.__cause__ else exc
+                if not db.transient(cause) or self._closing:
+                    where = str(exc) if isinstance(exc, db.StoreError) else db.describe(self.db_path, exc)
+                    self._log(f"specwatch: incidents are not recorded or notified: incident store {where}")
+                    return None
+                self.refused += 1
+                if not said:
+                    said = True
+                    self._log(f"specwatch: incident store {db.describe(self.db_path, cause)}; keeping incidents "
+                              "in memory and retrying")
+                self._wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            if said:
+                self._log("specwatch: incident store open again")
+            return outbox
+
+    def _drain(self, outbox: Outbox) -> None:
+        delay, waiting = RETRY_FIRST, False
+        while True:
+            if not self.backlog and (self._closing or not self._take(self.queue.get())):
+                return
+            self._take_ready()
+            try:
+                self._record(outbox, *self.backlog[0])
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the watcher
+                if not db.transient(exc):
+                    # Not something waiting cures (a bug, a constraint): report it and go on with the others.
+                    self._log(f"specwatch: cannot record incident: {exc}")
+                    self.backlog.popleft()
+                    continue
+                self.refused += 1
+                if not waiting:
+                    waiting = True
+                    self._log(f"specwatch: cannot record incidents yet ({exc}); keeping them and retrying")
+                self._wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            self.backlog.popleft()
+            if waiting and not self.backlog:
+                waiting, delay = False, RETRY_FIRST
+                self._log("specwatch: incidents recorded again; none lost")
+
+    def _take(self, item: tuple[dict[str, Any], str, float] | None) -> bool:
+        """Add a queued change to the backlog (merging, see the class); False for the end of input."""
+        if item is None:
+            self._closing = True
+            return False
+        inc, change, now = item
+        key = inc.get("id")
+        for i in range(len(self.backlog) - 1, -1, -1):
+            waiting = self.backlog[i]
+            if waiting[0].get("id") != key:
+                continue
+            if i > 0 and ((change == "updated" and waiting[1] != "resolved") or len(self.backlog) >= BACKLOG):
+                # Entry 0 is being written right now: never changed under the writer.
+                self.backlog[i] = [inc, waiting[1] if change == "updated" else change, now]
+                return True
+            break
+        self.backlog.append([inc, change, now])
+        return True
+
+    def _take_ready(self) -> None:
+        """Move every change already queued into the backlog, without waiting."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if not self._take(item):
+                return
+
+    def _wait(self, delay: float) -> None:
+        """Sleep before the next attempt, taking in (and merging) what the analysis queues meanwhile;
+        at the end of input, the time left is ``close``'s to decide."""
+        if self._closing:
+            time.sleep(delay)
             return
         try:
-            while True:
-                item = self.queue.get()
-                if item is None:
-                    return
-                try:
-                    self._record(outbox, *item)
-                except Exception as exc:  # noqa: BLE001 - a full disk must not stop the watcher
-                    self._log(f"specwatch: cannot record incident: {exc}")
-        finally:
-            store.close()
+            item = self.queue.get(timeout=delay)
+        except queue.Empty:
+            return
+        if self._take(item):
+            self._take_ready()
 
     def _record(self, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
         def wanted(row: StoredIncident, kind: str) -> list[tuple[str, str]]:
@@ -115,9 +227,14 @@ class StoreSink:
             self.worker.wake()
 
     def close(self) -> None:
-        """Record what is queued, then give delivery ``exit_grace`` seconds."""
+        """Record what is queued (waiting up to ``CLOSE_WAIT`` seconds for a locked or full database), then
+        give delivery ``exit_grace`` seconds."""
         self.queue.put(None)
-        self.recorder.join(timeout=10)
+        self.recorder.join(timeout=CLOSE_WAIT)
+        if self.recorder.is_alive():
+            left = len(self.backlog) + self.queue.qsize()
+            self._log(f"specwatch: {left} incident changes could not be recorded: the incident store "
+                      f"{self.db_path} still refuses writes")
         if self.worker is not None:
             self.worker.wake()
             self.worker.stop(drain=self.exit_grace)
@@ -211,16 +328,29 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> StoreSink | None:
-    """The sink for an analysing command. ``scan`` reads old logs: it records only when asked to notify."""
+    """The sink for an analysing command. ``scan`` reads old logs: it records only when asked to notify.
+
+    ``scan --notify`` and ``watch`` open the store now and stop with one line (exit 2) when they cannot; a
+    pipe and ``run`` never let the store delay or stop the server's output and banners: the recorder opens
+    it beside them and says so if it cannot.
+    """
     targets = targets_from(args, env, conf)
-    if getattr(args, "command", None) == "scan" and not getattr(args, "notify", None):
+    command = getattr(args, "command", None)
+    if command == "scan" and not getattr(args, "notify", None):
         return None
+    eager = command in REREADABLE
     try:
+        path = db_path(args, env)
         # ``scan -`` reads stdin: a stream, read once, like pipe mode.
-        rereadable = getattr(args, "command", None) in REREADABLE and "-" not in (getattr(args, "files", None) or [])
-        return StoreSink(db_path(args, env), targets, settings_from(args, conf), env, rereadable=rereadable)
-    except OSError as exc:
-        raise UsageError(f"state dir: {exc}") from exc
+        rereadable = eager and "-" not in (getattr(args, "files", None) or [])
+        return StoreSink(path, targets, settings_from(args, conf), env, rereadable=rereadable, open_now=eager)
+    except (OSError, db.StoreError) as exc:
+        where = str(exc) if isinstance(exc, db.StoreError) else db.describe(Path(getattr(exc, "filename", "")), exc)
+        if eager:
+            raise UsageError(f"incident store {where}") from exc
+        with contextlib.suppress(OSError, ValueError):
+            env.stderr.write(f"specwatch: incidents are not recorded or notified: incident store {where}\n")
+        return None
 
 
 EXTENSION = Extension(add_options, build)

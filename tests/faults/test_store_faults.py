@@ -1,0 +1,191 @@
+"""Fault suite, the incident store: a database another process holds locked, a full disk, a store that cannot
+be opened. Real SQLite files, real processes; each fault is held until the behaviour under it is seen."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SEED, cli, wait_for
+from watcher.environment import Environment
+from watcher.incidents import Evidence, Incident
+from watcher.notify.outbox import Outbox
+from watcher.notify.sink import StoreSink
+from watcher.notify.worker import Settings
+from watcher.store import Store
+
+pytestmark = pytest.mark.faults
+
+
+def _incident(n: int = 0, slots: list[int] | None = None, text: str = "cudaMalloc failed: out of memory") -> Incident:
+    inc = Incident(kind="draft_context_failed", severity="critical", source=f"llama-server-{n}", run=1,
+                   model="/m/big.gguf", draft_model=f"/m/draft-{n}.gguf", slots=slots or [0], device="CUDA1",
+                   reason="failed to allocate", server_state="serving_without_speculation")
+    inc.evidence = [Evidence(10 + i, text) for i in range(8)]
+    return inc
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """A migrated store (incidents and outbox), as any earlier specwatch run leaves it."""
+    path = tmp_path / "state" / "specwatch.db"
+    store = Store.open(path)
+    Outbox(store)
+    store.close()
+    return path
+
+
+@pytest.fixture
+def lock(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection holding the write lock (as a slow ``specwatch ack`` or a backup would)."""
+    holder = sqlite3.connect(str(db), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    yield holder
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+def _sink(db: Path, **kw: object) -> tuple[StoreSink, io.StringIO]:
+    err = io.StringIO()
+    env = Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=err, environ={})
+    return StoreSink(db, [], Settings(), env, **kw), err  # type: ignore[arg-type]
+
+
+def test_a_migrated_store_opens_while_another_process_holds_the_write_lock(db: Path,
+                                                                           lock: sqlite3.Connection) -> None:
+    """Opening a store that needs no migration only reads, so a held write lock does not make it fail."""
+    store = Store.open(db, timeout=0.1)
+    try:
+        assert store.open_incidents() == []
+    finally:
+        store.close()
+
+
+def test_an_incident_refused_by_a_locked_database_is_kept_until_stored(db: Path, lock: sqlite3.Connection) -> None:
+    """A change the database refuses (locked) is retried until stored, saying so once, not per retry."""
+    sink, err = _sink(db)
+    inc = _incident()
+    sink.incident(inc, "opened")
+    wait_for(lambda: sink.refused >= 3, "three refused attempts")
+    lock.execute("ROLLBACK")
+    sink.close()
+    assert Store.open(db).get(inc.key) is not None
+    assert err.getvalue().count("cannot record incidents yet (database is locked); keeping them and retrying") == 1
+    assert err.getvalue().count("incidents recorded again; none lost") == 1
+
+
+def test_an_incident_refused_by_a_full_disk_is_kept_until_stored(db: Path) -> None:
+    """SQLITE_FULL (the database may not grow) keeps the change and stores it once there is room again."""
+    full = Store.open(db)
+    # The database may not grow by a page: what SQLite reports on a full disk (SQLITE_FULL).
+    full.conn.execute(f"PRAGMA max_page_count = {full.conn.execute('PRAGMA page_count').fetchone()[0]}")
+    sink, err = _sink(db, opener=lambda: full)
+    inc = _incident(text="x" * 3000)  # 8 evidence lines of 3000 bytes need new pages
+    sink.incident(inc, "opened")
+    wait_for(lambda: sink.refused >= 2, "two refused attempts")
+    full.conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+    sink.close()
+    stored = Store.open(db).get(inc.key)
+    assert stored is not None and stored.status == "open"
+    assert err.getvalue().count("database or disk is full") == 1
+
+
+def test_changes_waiting_for_the_database_stay_bounded_and_the_last_state_is_stored(
+        db: Path, lock: sqlite3.Connection) -> None:
+    """Thousands of updates queued while the database is locked wait as one change per incident (besides the
+    one being written); the last snapshot of each is what gets stored."""
+    sink, _ = _sink(db)
+    incs = [_incident(n) for n in range(3)]
+    for inc in incs:
+        sink.incident(inc, "opened")
+    for i in range(2000):
+        for inc in incs:
+            inc.slots = [i % 4, 4 + i % 3]
+            sink.incident(inc, "updated")
+    wait_for(lambda: sink.refused >= 2 and sink.queue.empty(), "the queue taken in while the lock is held")
+    assert len(sink.backlog) <= len(incs) + 1  # one per incident, and the change being written
+    lock.execute("ROLLBACK")
+    sink.close()
+    store = Store.open(db)
+    for inc in incs:
+        row = store.get(inc.key)
+        assert row is not None and row.slots == [1999 % 4, 4 + 1999 % 3] and row.count == 1
+
+
+def _specwatch(*args: str, state: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SPECWATCH_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "watcher", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def test_a_pipe_passes_output_and_shows_banners_while_the_database_is_locked(db: Path,
+                                                                              lock: sqlite3.Connection) -> None:
+    """With the write lock held by another process from the start, the pipe copies the server's output and
+    prints its banner at once, and stores the incident once the lock is released."""
+    log = SEED.read_bytes()
+    proc = _specwatch("--no-summary", state=db.parent)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(log)
+    proc.stdin.flush()
+    seen = b""
+    while b"SPECWATCH CRITICAL" not in seen and b"not watching" not in seen:
+        line = proc.stderr.readline()
+        assert line, f"specwatch ended before any banner: {seen.decode()}"
+        seen += line
+    assert b"SPECWATCH CRITICAL" in seen
+    assert b"not watching" not in seen
+    lock.execute("ROLLBACK")
+    out, _ = proc.communicate(timeout=60)
+    assert out == log
+    assert proc.returncode == 0
+    assert len(Store.open(db).open_incidents()) == 2
+
+
+@pytest.fixture(params=["garbage file", "directory in its place", "state dir is a file"])
+def broken(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A state directory whose store cannot be opened, whoever runs the test (root included)."""
+    state = tmp_path / "state"
+    if request.param == "state dir is a file":
+        state.write_text("not a directory\n")
+        return state
+    state.mkdir()
+    if request.param == "garbage file":
+        (state / "specwatch.db").write_bytes(b"this is not a database, it is a text file\n" * 200)
+    else:
+        (state / "specwatch.db").mkdir()
+    return state
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["history"], ["ack", "--all"], ["notify", "list", "--notify", "json://127.0.0.1:9/"],
+    ["notify", "flush", "--notify", "json://127.0.0.1:9/"], ["scan", "--notify", "json://127.0.0.1:9/", str(SEED)],
+    ["watch", str(SEED)],
+], ids=["status", "history", "ack", "notify list", "notify flush", "scan --notify", "watch"])
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(broken: Path, argv: list[str]) -> None:
+    """Every command that needs the store says in one line which file failed and why, and exits 2."""
+    res = cli(*argv, "--state-dir", str(broken))
+    assert res.status == 2
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("specwatch: incident store ")
+    assert str(broken) in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_a_pipe_whose_store_cannot_be_opened_still_shows_banners(broken: Path) -> None:
+    """The banners need no store: a pipe says once that incidents are not recorded, and warns as usual."""
+    log = SEED.read_bytes()
+    res = cli("--no-summary", "--state-dir", str(broken), stdin=log)
+    assert res.status == 0
+    assert res.stdout == log
+    assert "SPECWATCH CRITICAL" in res.stderr
+    assert res.stderr.count("specwatch: incidents are not recorded or notified: incident store ") == 1
+    assert "Traceback" not in res.stderr
