@@ -17,17 +17,19 @@ thread or in its thread pool through ``contextvars.copy_context().run``, so a pl
             item["message"]      # "opened" | "repeat" | "resolved" | "acknowledged" | "test"
             item["id"], item["kind"], item["severity"], item["status"], item["title"], item["hint"],
             item["host"], item["source"], item["slots"], item["evidence"] (list of {"line", "text"}),
-            item["count"], item["first_seen"], item["last_seen"] (Unix seconds), item["generation"]
+            item["count"], item["first_seen"], item["last_seen"] (Unix seconds), item["generation"],
+            item["message_id"]   # stable id of this (incident, generation, message, repeat): dedupe on it
         d.acknowledge(["<id>", ...], "note")   # acknowledge in the store (e.g. from a button); returns ids changed
         d.notes.add(["<id>"], "x")             # remember something per incident for this target, across processes
         d.notes.take(["<id>"])                 # ... and get it back once (the desktop's bubble ids, to close them)
         return True              # delivered; False or an exception -> the outbox retries with backoff
 
-Fields are those of ``StoredIncident.as_dict()`` plus ``message``. Evidence is already capped (a few matched log
-lines, never prompt or completion text) and ``title``/``body`` are already redacted and length-capped; a plugin
-must apply ``d.redact`` to anything else it emits (errors, logs). A plugin must be idempotent per
-``(d.target_id, item["id"], item["generation"], item["message"])``: the outbox delivers at least once across a
-crash (the window is between the target's reply and the commit that marks the row sent).
+Fields are those of ``StoredIncident.as_dict()`` plus ``message``, ``repeat`` and ``message_id``. Evidence is
+already capped (a few matched log lines, never prompt or completion text) and ``title``/``body`` are already
+redacted and length-capped; a plugin must apply ``d.redact`` to anything else it emits (errors, logs). A
+plugin must be idempotent per ``(d.target_id, item["message_id"])``: the outbox delivers at least once (a
+sender killed, or a database that refuses the write, between the target's reply and the commit that marks the
+row sent: the row is sent again).
 
 Which messages a target gets is the plugin's declaration, the same for every target: an apprise plugin class
 may set ``specwatch_messages`` (a frozenset of message kinds); without it (every third-party apprise plugin)

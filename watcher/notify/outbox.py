@@ -5,7 +5,8 @@ incident, each message exists once. A worker *claims* due rows by setting ``stat
 (owner ``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row;
 it then marks them ``sent`` (or back to ``pending`` with an exponential backoff) only if it still holds the
 lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
-expires, or at once when the owner is a process of this host that no longer exists. While another live
+expires, or at once when the owner is a process of this host that no longer exists; a worker takes back its
+own rows whose lease expired (an outcome it could not write, a thread that died). While another live
 process is sending a row of an incident to a target, no other row of that incident and target is claimed,
 so an incident's messages reach a target in order (an acknowledgement never overtakes a repeat in flight).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,10 +255,11 @@ class Outbox:
             return int(c.execute(f"UPDATE outbox SET due = ? WHERE state = 'pending' AND due > ? AND target IN "  # noqa: S608
                                  f"({','.join('?' * len(targets))})", (now, now, *targets)).rowcount)
 
-    def claim(self, targets: Sequence[str], owner: str, now: float, lease: float,
-              only: Sequence[int] | None = None) -> list[Row]:
-        """Take every due row of ``targets`` (and rows whose sender died) for ``lease`` seconds;
-        ``only`` limits it to those row ids."""
+    def claim(self, targets: Sequence[str], owner: str, now: float, lease: float,  # noqa: PLR0917
+              only: Sequence[int] | None = None, skip: Collection[int] = ()) -> list[Row]:
+        """Take every due row of ``targets`` (and rows whose sender died, or whose lease expired, this
+        owner's own included) for ``lease`` seconds; ``only`` limits it to those row ids; ``skip``: rows this
+        owner holds and knows the outcome of (not yet written), never taken again."""
         if not targets or (only is not None and not only):
             return []
         marks = ",".join("?" * len(targets))
@@ -276,11 +278,11 @@ class Outbox:
             busy = {(target, incident) for target, incident, lease_owner, lease_until in sending
                     if (lease_until or 0) > now and _alive(lease_owner)}
             taken = []
-            for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, _lease_until in rows:
+            for rid, target, incident, gen, kind, seq, attempts, state, lease_owner, lease_until in rows:
                 if (target, incident) in busy:
                     continue
-                if state == "sending" and lease_owner == owner:
-                    continue
+                if state == "sending" and lease_owner == owner and (rid in skip or (lease_until or 0) > now):
+                    continue  # in flight in this process (a row it lost track of is taken back once expired)
                 c.execute("UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, "
                           "attempts = attempts + 1 WHERE id = ?", (owner, now + lease, rid))
                 taken.append(Row(rid, target, incident, gen, kind, seq, attempts + 1))
