@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SEED, cli, wait_for
+from watcher.checkpoints import Checkpoints
 from watcher.environment import Environment
 from watcher.incidents import Evidence, Incident
 from watcher.notify.outbox import Outbox
@@ -146,6 +147,32 @@ def test_a_pipe_passes_output_and_shows_banners_while_the_database_is_locked(db:
     out, _ = proc.communicate(timeout=60)
     assert out == log
     assert proc.returncode == 0
+    assert len(Store.open(db).open_incidents()) == 2
+
+
+def test_watch_starts_and_warns_while_the_database_is_locked(db: Path, tmp_path: Path) -> None:
+    """``watch`` started while another process holds the write lock follows its file and prints the banner at
+    once (its store and checkpoints need no migration, so no write lock), then stops cleanly on SIGTERM."""
+    Checkpoints.open(db).close()
+    holder = sqlite3.connect(str(db), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        log = tmp_path / "server.log"
+        log.write_bytes(SEED.read_bytes())
+        proc = _specwatch("watch", "--from-start", str(log), state=db.parent)
+        assert proc.stderr is not None
+        seen = b""
+        while b"SPECWATCH CRITICAL" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"watch ended before any banner: {seen.decode()}"
+            seen += line
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    proc.terminate()
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest.decode()
+    assert b"Traceback" not in seen + rest
     assert len(Store.open(db).open_incidents()) == 2
 
 

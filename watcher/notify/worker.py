@@ -140,7 +140,8 @@ class Worker:
         self._lock = threading.Lock()
         #: Outcomes of deliveries whose database update failed (a lock held past the busy timeout): row id ->
         #: ("sent", "") or ("failed", error). Written again before anything else is claimed; until then the
-        #: rows stay leased to this process, so neither it nor another one sends them again meanwhile.
+        #: rows stay leased to this process, so neither it nor another one sends them again while the lease
+        #: runs (after it, another process may: at least once).
         self._unmarked: dict[int, tuple[str, str]] = {}
         self.delivered = 0
         #: Told the outcome of every delivery attempt (the metrics endpoint counts them).
