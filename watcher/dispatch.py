@@ -13,13 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from watcher.catalogue import Catalogue
 from watcher.config import Config
 from watcher.environment import Environment
 from watcher.events import Event
 from watcher.incidents import Incident
+from watcher.loads import History
+from watcher.loads import Settings as LedgerSettings
 from watcher.pipeline import Analyzer
 from watcher.state import Settings
 
@@ -86,6 +88,26 @@ class Dispatcher:
             if fn is not None:
                 self._guard(s, fn, target, ok)
 
+    def load(self, rec: dict[str, Any]) -> None:
+        """Pass a load record (watcher.loads) to the sinks that keep them."""
+        for s in self.sinks:
+            fn = getattr(s, "load", None)
+            if fn is not None:
+                self._guard(s, fn, rec)
+
+    def history(self) -> History | None:
+        """Earlier loads, from the first sink that keeps them (None until it has read them)."""
+        for s in self.sinks:
+            fn = getattr(s, "history", None)
+            if fn is not None:
+                try:
+                    found = fn()
+                except Exception:  # noqa: BLE001 - history is advice; a broken sink gives none
+                    return None
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+        return None
+
     def tick(self) -> None:
         """Release incidents that have been quiet long enough."""
         now = self.clock()
@@ -143,9 +165,11 @@ class Wiring:
     """
 
     def __init__(self, catalogue: Catalogue, settings: Settings, sinks: Iterable[Sink], settle: float = 1.0,
-                 on_error: Callable[[Sink, BaseException], None] | None = None) -> None:
+                 on_error: Callable[[Sink, BaseException], None] | None = None, *,
+                 ledger: LedgerSettings | None = None) -> None:
         self.catalogue = catalogue
         self.settings = settings
+        self.ledger = ledger
         self.dispatcher = Dispatcher(sinks, settle=settle, on_error=on_error)
         for sink in self.dispatcher.sinks:
             attach = getattr(sink, "attach", None)
@@ -157,9 +181,11 @@ class Wiring:
         """An analyzer of ``source`` wired to every sink. ``on_event``/``on_incident`` are called first, then
         the dispatcher is (a command's own hooks never replace the sinks')."""
         disp = self.dispatcher
+        # Load records go to the sinks that keep them (the store), and earlier loads come back from it.
         a = Analyzer(self.catalogue, source=source, settings=self.settings,
                      on_event=disp.event if on_event is None else _both(on_event, disp.event),
-                     on_incident=disp.changed if on_incident is None else _both(on_incident, disp.changed))
+                     on_incident=disp.changed if on_incident is None else _both(on_incident, disp.changed),
+                     on_load=disp.load, history=disp.history, ledger=self.ledger)
         for sink in disp.sinks:
             watch = getattr(sink, "analyzer", None)
             if watch is not None:

@@ -29,6 +29,7 @@ FIELD_TYPES: dict[str, type] = {
     "free_mib": float,
     "total_mib": float,
     "mib": float,
+    "gib": float,
     "mb": float,
     "rate": float,
     "mean_len": float,
@@ -47,6 +48,7 @@ FIELD_TYPES: dict[str, type] = {
     "detail": str,
     # Why a failure happened, as a pattern ``set``s it (``spec_type_without_draft``...): hints key on it.
     "cause": str,
+    "arch": str,
     # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
     # ``model``: the demux in watcher/swap.py keys per-model state on it.
     "swap_model": str,

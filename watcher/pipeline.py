@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from watcher.catalogue import Catalogue
 from watcher.classify import Classifier
 from watcher.events import Event
 from watcher.framing import Framer, LineSelector
 from watcher.incidents import Incident
+from watcher.loads import History, LoadTracker
+from watcher.loads import Settings as LedgerSettings
 from watcher.state import Settings
 from watcher.swap import SwapStream
 
@@ -37,6 +41,10 @@ class Analyzer:
         on_incident: Callable[[Incident], None] | None = None,
         classifier: Classifier | None = None,
         selector: LineSelector | None = None,
+        on_load: Callable[[dict[str, Any]], None] | None = None,
+        history: Callable[[], History | None] | None = None,
+        ledger: LedgerSettings | None = None,
+        host: str | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.classifier = classifier or Classifier(catalogue)
@@ -44,6 +52,9 @@ class Analyzer:
         self.stream = SwapStream(source, settings, on_change=on_incident)
         self.on_event = on_event
         self.counters = Counters()
+        #: Load records and the incidents that need earlier loads (memory_overcommit, acceptance_regressed).
+        self.loads = LoadTracker(self.stream, host or socket.gethostname(), emit=on_load, on_incident=on_incident,
+                                 history=history, settings=ledger)
 
     @property
     def source(self) -> str:
@@ -59,6 +70,7 @@ class Analyzer:
         """End of input: the last partial line, then conclusions drawn from absence."""
         self._records(self.framer.flush())
         self.stream.finish()
+        self.loads.finish()
 
     def _records(self, records: list) -> None:  # type: ignore[type-arg]
         c = self.counters
@@ -72,6 +84,7 @@ class Analyzer:
             if self.on_event is not None:
                 self.on_event(ev)
             self.stream.apply(ev)
+            self.loads.applied(ev)
 
     @property
     def lines(self) -> int:
@@ -79,5 +92,5 @@ class Analyzer:
         return self.framer.lines
 
     def incidents(self) -> list[Incident]:
-        """All incidents of this source."""
-        return self.stream.incidents()
+        """All incidents of this source, in the order they were found within each kind of finding."""
+        return [*self.stream.incidents(), *self.loads.incidents]

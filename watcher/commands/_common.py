@@ -10,7 +10,7 @@ from typing import TextIO
 
 from watcher import catalogue as cat
 from watcher import config as cfg
-from watcher import metrics, probe
+from watcher import loads, metrics, probe
 from watcher.dispatch import Dispatcher, Extension, Sink, Wiring
 from watcher.environment import Environment
 from watcher.errors import UsageError
@@ -51,6 +51,7 @@ class Context:
     config: cfg.Config
     settle: float
     sinks: list[Sink] = field(default_factory=list)
+    ledger: loads.Settings = field(default_factory=loads.Settings)
 
 
 def load_config(args: argparse.Namespace, env: Environment) -> cfg.Config:
@@ -87,7 +88,11 @@ def build_context(args: argparse.Namespace, env: Environment, banner: bool = Tru
         low_acceptance=float(conf.get("analysis", "low_acceptance", defaults.low_acceptance)),
         acceptance_window=conf.get("analysis", "acceptance_window", defaults.acceptance_window),
     )
-    ctx = Context(catalogue, settings, conf, float(conf.get("analysis", "settle", 1.0)))
+    try:
+        ledger = loads.settings_from(conf)
+    except cfg.ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    ctx = Context(catalogue, settings, conf, float(conf.get("analysis", "settle", 1.0)), ledger=ledger)
     if banner:
         ctx.sinks.append(BannerSink(env.stderr, env.colour))
     events = getattr(args, "events", None)
@@ -128,4 +133,4 @@ def wire(ctx: Context, env: Environment) -> Wiring:
         with contextlib.suppress(OSError, ValueError):
             env.stderr.write(f"specwatch: {type(sink).__name__} failed: {exc}\n")
 
-    return Wiring(ctx.catalogue, ctx.settings, ctx.sinks, settle=ctx.settle, on_error=on_error)
+    return Wiring(ctx.catalogue, ctx.settings, ctx.sinks, settle=ctx.settle, on_error=on_error, ledger=ctx.ledger)

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from watcher.dispatch import Dispatcher, Extension
 from watcher.environment import Environment
 from watcher.errors import UsageError
 from watcher.incidents import Incident
+from watcher.loads import HISTORY_LOADS, History, LoadBook
+from watcher.loads import Settings as LedgerSettings
 from watcher.notify import plugins
 from watcher.notify import targets as tg
 from watcher.notify.outbox import Outbox
@@ -41,6 +43,9 @@ REREADABLE = frozenset({"scan", "watch"})
 EXIT_GRACE = 5.0
 #: Seconds the recorder waits for another process's write lock before it retries (each retry waits again).
 RECORD_BUSY_TIMEOUT = 1.0
+#: Seconds the analysis waits, once, for the recorder to read earlier loads (the pipe's output never waits):
+#: the store opens in milliseconds; a locked one must not hold the warnings back for long.
+HISTORY_WAIT = 2.0
 #: First and longest pause between attempts to record while the database refuses writes.
 RETRY_FIRST, RETRY_MAX = 0.25, 5.0
 #: Waiting changes past which any later change of an incident already waiting replaces it (bounded memory).
@@ -61,7 +66,7 @@ class StoreSink:
 
     def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,  # noqa: PLR0917
                  exit_grace: float = EXIT_GRACE, rereadable: bool = False, open_now: bool = True,
-                 opener: Callable[[], Store] | None = None) -> None:
+                 opener: Callable[[], Store] | None = None, ledger: LedgerSettings | None = None) -> None:
         self.db_path = db_path
         #: This process as a reader of its input (see watcher.store.Occurrence): a pipe's stdin or a server's
         #: output cannot be read twice, so every occurrence a new one reads is new; ``scan`` and ``watch``
@@ -71,7 +76,14 @@ class StoreSink:
         self.targets = targets
         self.env = env
         self.exit_grace = exit_grace
+        self.ledger = ledger or LedgerSettings()
+        #: Incident changes (dict, change, time) and load records (dict, "load", time), in arrival order.
         self.queue: queue.Queue[tuple[dict[str, Any], str, float] | None] = queue.Queue()
+        #: Earlier loads (see watcher.loads.LoadTracker), read when the store is opened; None if they cannot be.
+        self._history: History | None = None
+        self._history_read = threading.Event()
+        self._book: LoadBook | None = None
+        self._loads_written = 0
         #: Changes taken from the queue and not yet stored, oldest first (the recorder thread's own).
         self.backlog: deque[list[Any]] = deque()
         #: Attempts the database refused (a lock, a full disk), for the notices and the tests.
@@ -83,6 +95,8 @@ class StoreSink:
         # state dir; otherwise (a pipe, ``run``) the recorder opens it beside the server's output, which never
         # waits for it, and says so if it cannot.
         self._store: Store | None = self._open() if open_now else None
+        if self._store is not None:
+            self._read_history(self._store)
         self.recorder = threading.Thread(target=self._record_loop, name="specwatch-store", daemon=True)
         self.recorder.start()
         if self.worker is not None:
@@ -101,9 +115,33 @@ class StoreSink:
         """Queue a snapshot; the analysis thread never waits for the disk or the network."""
         self.queue.put((inc.as_dict(), change, self.env.clock()))
 
+    def load(self, rec: dict[str, Any]) -> None:
+        """Queue a load record (watcher.loads); the recorder thread writes it like an incident change."""
+        self.queue.put((rec, "load", self.env.clock()))
+
+    def history(self) -> History | None:
+        """Earlier loads from the store. Asked by the analysis thread (never the pipe's) when a warning needs
+        them; until the recorder has opened the store it waits at most ``HISTORY_WAIT`` seconds, once."""
+        self._history_read.wait(HISTORY_WAIT)
+        return self._history
+
+    def _read_history(self, store: Store) -> None:
+        try:
+            self._book = LoadBook(store.conn)
+            self._history = History(self._book.records(HISTORY_LOADS))
+        except Exception as exc:  # noqa: BLE001 - advice only: without history the warnings use this process's loads
+            self._log(f"specwatch: earlier loads not read (overcommit and regression warnings use this run's): {exc}")
+        finally:
+            self._history_read.set()
+
     def _record_loop(self) -> None:
         try:
             outbox = self._connect()
+            if outbox is not None and self._store is not None and not self._history_read.is_set():
+                self._read_history(self._store)
+            self._history_read.set()  # from now on nobody waits for it, read or not
+            if outbox is not None and self._book is not None:
+                self._prune(self._book)
             if outbox is None:
                 while not self._closing and self._take(self.queue.get()):
                     pass
@@ -180,11 +218,16 @@ class StoreSink:
             self._closing = True
             return False
         inc, change, now = item
-        key = inc.get("id")
+        key = _backlog_key(inc, change)
         for i in range(len(self.backlog) - 1, -1, -1):
             waiting = self.backlog[i]
-            if waiting[0].get("id") != key:
+            if _backlog_key(waiting[0], waiting[1]) != key:
                 continue
+            if change == "load":
+                if i > 0:
+                    self.backlog[i] = [inc, change, now]  # a newer snapshot of the same load replaces the older
+                    return True
+                break
             if i > 0 and ((change == "updated" and waiting[1] != "resolved") or len(self.backlog) >= BACKLOG):
                 # Entry 0 is being written right now: never changed under the writer.
                 self.backlog[i] = [inc, waiting[1] if change == "updated" else change, now]
@@ -217,6 +260,9 @@ class StoreSink:
             self._take_ready()
 
     def _record(self, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
+        if change == "load":
+            self._record_load(outbox.store, inc, now)
+            return
         def wanted(row: StoredIncident, kind: str) -> list[tuple[str, str]]:
             # The severity filter and the plugin's declared messages decide, for every kind alike.
             return [(t.id, t.label) for t in self.targets if t.accepts(row.severity) and plugins.wants(t.url, kind)]
@@ -225,6 +271,23 @@ class StoreSink:
         _what, _row, added = outbox.record(inc, change, now, wanted, Occurrence.of(inc, self.reader, self.rereadable))
         if added and self.worker is not None:
             self.worker.wake()
+
+    def _record_load(self, store: Store, rec: Mapping[str, Any], now: float) -> None:
+        if self._book is None:
+            self._book = LoadBook(store.conn)
+        with store.transaction():
+            self._book.put(rec, now)
+        self._loads_written += 1
+        if self._loads_written % 100 == 0:
+            self._prune(self._book)
+
+    def _prune(self, book: LoadBook) -> None:
+        """Old load records go ([ledger] keep_days, keep_loads); a database that refuses now prunes next time."""
+        try:
+            with book_transaction(book):
+                book.prune(self.env.clock(), self.ledger.keep_days, self.ledger.keep_loads)
+        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: the records stay until next time
+            self._log(f"specwatch: old load records not pruned yet: {exc}")
 
     def close(self) -> None:
         """Record what is queued (waiting up to ``CLOSE_WAIT`` seconds for a locked or full database), then
@@ -260,6 +323,33 @@ class StoreSink:
         self._log(f"specwatch: {n} notification{'s' if n != 1 else ''} still queued ({why}); send "
                   f"{'them' if n != 1 else 'it'} with: specwatch notify flush (with the same targets: --notify, "
                   "$SPECWATCH_NOTIFY or [notify] urls)")
+
+
+def _backlog_key(item: Mapping[str, Any], change: str) -> tuple[str, Any]:
+    """What two queued changes must share to be merged: an incident's id, or a load record's key."""
+    return ("load", item.get("key")) if change == "load" else ("incident", item.get("id"))
+
+
+@contextlib.contextmanager
+def book_transaction(book: LoadBook) -> Iterator[None]:
+    """One short write transaction (``BEGIN IMMEDIATE``: concurrent writers wait, they do not fail)."""
+    book.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        book.conn.execute("ROLLBACK")
+        raise
+    book.conn.execute("COMMIT")
+
+
+def ledger_settings(conf: cfg.Config) -> LedgerSettings:
+    """Retention and thresholds of load records (``[ledger]``); a bad value is a usage error."""
+    from watcher import loads
+
+    try:
+        return loads.settings_from(conf)
+    except cfg.ConfigError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def settings_from(args: argparse.Namespace, conf: cfg.Config) -> Settings:
@@ -343,7 +433,8 @@ def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> Store
         path = db_path(args, env)
         # ``scan -`` reads stdin: a stream, read once, like pipe mode.
         rereadable = eager and "-" not in (getattr(args, "files", None) or [])
-        return StoreSink(path, targets, settings_from(args, conf), env, rereadable=rereadable, open_now=eager)
+        return StoreSink(path, targets, settings_from(args, conf), env, rereadable=rereadable, open_now=eager,
+                         ledger=ledger_settings(conf))
     except (OSError, db.StoreError) as exc:
         where = str(exc) if isinstance(exc, db.StoreError) else db.describe(Path(getattr(exc, "filename", "")), exc)
         if eager:
