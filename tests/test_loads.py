@@ -1,0 +1,185 @@
+"""Load records: what each server run is remembered by, built from real logs and kept in the real store."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SAMPLES, cli
+from watcher import catalogue as cat_mod
+from watcher import db, paths
+from watcher.environment import Environment
+from watcher.loads import History, LoadBook, Settings, footprint, percentile, record_of
+from watcher.notify import worker
+from watcher.notify.sink import StoreSink
+from watcher.pipeline import Analyzer
+
+ENGINE = SAMPLES / "engine"
+SWAP = SAMPLES / "swap"
+
+
+def analyse(cat: cat_mod.Catalogue, *paths_: Path, settings: Settings | None = None,
+            history: History | None = None) -> tuple[Analyzer, dict[str, dict[str, Any]]]:
+    """Every record the analyser hands over for these logs (one source), newest version per load."""
+    recs: dict[str, dict[str, Any]] = {}
+    a = Analyzer(cat, source="log", on_load=lambda r: recs.__setitem__(r["key"], r), host="box",
+                 history=(lambda: history), ledger=settings)
+    for p in paths_:
+        a.feed(p.read_bytes())
+    a.finish()
+    return a, recs
+
+
+def buffer_sum(path: Path) -> float:
+    """MiB of every model/KV/compute/output buffer line in a log, summed independently of the patterns."""
+    import re
+
+    total = 0.0
+    for line in path.read_text().splitlines():
+        m = re.search(r"(?:model|KV|RS|compute|output) buffer size =\s*([\d.]+) MiB", line)
+        if m:
+            total += float(m.group(1))
+    return total
+
+
+def test_record_of_a_parallel_speculative_run(cat: cat_mod.Catalogue) -> None:
+    """A served run with a draft records both models, slots, device memory, tasks, acceptance and speed."""
+    log = ENGINE / "spec-parallel-4-verbose.log"
+    _, recs = analyse(cat, log)
+    (rec,) = recs.values()
+    assert rec["target"]["file"] == "target.gguf" and rec["draft"]["file"] == "draft-same.gguf"
+    assert rec["target"]["arch"] == "llama" and rec["target"]["file_mib"] == 0.24
+    assert rec["n_slots"] == 4 and rec["n_ctx_slot"] == 512
+    assert rec["devices"]["CPU"]["total_mib"] == 24105.0
+    assert rec["ended"] == "serving" and rec["speculation"] == "on"
+    assert rec["tasks"] == 4 and sorted(rec["task_tokens"]) == [25, 25, 31, 31]
+    assert (rec["drafted"], rec["accepted"]) == (44, 44) and rec["mean_len"] == 3.75
+    assert rec["gen_tps"] is not None and rec["gen_tps"] > 0
+    total = sum(r["weights_mib"] + r["kv_mib"] + r["compute_mib"] for r in rec["memory"])
+    assert total == pytest.approx(buffer_sum(log), abs=0.02)
+    roles = {r["role"] for r in rec["memory"]}
+    assert roles == {"target", "draft"}
+
+
+def test_failed_load_is_recorded_as_failed(cat: cat_mod.Catalogue) -> None:
+    """A draft whose KV cache did not fit ends 'failed' and keeps the failed allocation."""
+    _, recs = analyse(cat, ENGINE / "draft-kv-oom-verbose.log")
+    (rec,) = recs.values()
+    assert rec["ended"] == "failed"
+    assert rec["failures"] and rec["failures"][0]["role"] == "draft"
+
+
+def test_llama_swap_records_name_each_model(cat: cat_mod.Catalogue) -> None:
+    """Under llama-swap each upstream's load is recorded under llama-swap's model id."""
+    _, recs = analyse(cat, SWAP / "llamaswap-debug-draft-oom-exit-then-swap.log")
+    by = {r["swap_model"]: r for r in recs.values()}
+    assert set(by) == {"qwen3-spec-wide", "qwen3-spec"}
+    assert by["qwen3-spec-wide"]["ended"] == "failed"
+    assert by["qwen3-spec"]["ended"] == "stopped" and by["qwen3-spec"]["task_tokens"] == [31, 25]
+
+
+def test_footprint_splits_roles_and_kinds(cat: cat_mod.Catalogue) -> None:
+    """Weights, KV and compute (with the output buffer) per device and role, as the buffer lines say."""
+    a, _ = analyse(cat, ENGINE / "spec-working-verbose.log")
+    rows = {(r["device"], r["role"]): r for r in footprint(a.stream.runs[0])}
+    assert rows[("CPU", "target")] == {"device": "CPU", "role": "target", "weights_mib": 0.24, "kv_mib": 0.06,
+                                        "compute_mib": 1.64}
+
+
+def test_percentile_is_a_real_task_size() -> None:
+    """p99 is nearest-rank: a size some task really had."""
+    assert percentile([], 99) is None
+    sizes = list(range(1, 101))
+    assert percentile(sizes, 99) == 99
+    assert percentile([5, 2532, 7], 99) == 2532
+
+
+def rec(key: str, model: str = "m", **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"key": key, "host": "box", "source": "s", "model": model, "build": 1,
+                            "target": {"file": "t.gguf"}, "draft": None, "ended": "serving", "memory": []}
+    base.update(kw)
+    return base
+
+
+def test_book_upserts_and_prunes_by_age_and_count(tmp_path: Path) -> None:
+    """One row per load key; old rows go by age, then the oldest beyond the count."""
+    book = LoadBook.open(tmp_path / "db.sqlite")
+    book.put(rec("a", ended="loading"), now=100.0)
+    book.put(rec("a", ended="serving"), now=200.0)
+    assert [(r["key"], r["ended"], r["started_at"], r["updated_at"]) for r in book.records()] == \
+        [("a", "serving", 100.0, 200.0)]
+    for i, key in enumerate("bcd"):
+        book.put(rec(key), now=1000.0 + i)
+    assert book.prune(now=1000.0 + 86400 * 2, keep_days=2, keep_loads=0) == 1  # "a" is older than 2 days
+    assert book.prune(now=1003.0, keep_days=0, keep_loads=2) == 1
+    assert [r["key"] for r in book.records()] == ["c", "d"]
+
+
+def test_book_is_a_migrated_component(tmp_path: Path) -> None:
+    """The loads table has its own schema version beside the incident store's."""
+    path = tmp_path / "db.sqlite"
+    LoadBook.open(path).close()
+    conn = db.connect(path)
+    assert conn.execute("SELECT version FROM schema_versions WHERE component = 'loads'").fetchone() == (1,)
+
+
+def test_pipe_mode_remembers_every_load() -> None:
+    """Piping a llama-swap log records one load per upstream run in the shared store."""
+    res = cli(stdin=(SWAP / "llamaswap-debug-draft-oom-exit-then-swap.log").read_bytes())
+    assert res.status == 0
+    book = LoadBook.open(paths.db_path(os.environ))
+    assert sorted(r["model"] for r in book.records()) == ["qwen3-spec", "qwen3-spec-wide"]
+
+
+def env_for(tmp_path: Path) -> Environment:
+    return Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=io.StringIO(), environ={})
+
+
+def test_a_locked_store_never_holds_up_the_analysis(tmp_path: Path) -> None:
+    """While another process holds the database, load records queue; they are written once it lets go."""
+    path = tmp_path / "db.sqlite"
+    sink = StoreSink(path, [], worker.Settings(), env_for(tmp_path))
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the recorder's write now waits; the caller must not
+    sink.load(rec("x"))  # returns at once: waiting here would deadlock with the lock this thread holds
+    written = other.execute("SELECT name FROM sqlite_master WHERE name = 'loads'").fetchall()
+    assert not written or other.execute("SELECT count(*) FROM loads").fetchone() == (0,)
+    other.execute("COMMIT")
+    other.close()
+    sink.close()
+    assert [r["key"] for r in LoadBook.open(path).records()] == ["x"]
+
+
+def test_history_is_read_back_for_the_tracker(tmp_path: Path) -> None:
+    """A new sink reads the earlier loads, so baselines and footprints survive a restart."""
+    path = tmp_path / "db.sqlite"
+    book = LoadBook.open(path)
+    book.put(rec("old", model="embed"), now=time.time())
+    book.close()
+    sink = StoreSink(path, [], worker.Settings(), env_for(tmp_path))
+    sink.close()
+    hist = sink.history()
+    assert hist is not None and [r["key"] for r in hist.records] == ["old"]
+
+
+def test_bad_capacity_in_config_is_a_usage_error(tmp_path: Path) -> None:
+    """A capacity that is not DEVICE=MiB exits 2 naming the file and the key."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[ledger]\ncapacity = ["ROCm0 is big"]\n')
+    res = cli("--config", str(conf), "scan", str(ENGINE / "spec-working-default.log"))
+    assert res.status == 2
+    assert str(conf) in res.stderr and "capacity" in res.stderr and "ROCm0 is big" in res.stderr
+
+
+def test_record_of_carries_the_swap_name(cat: cat_mod.Catalogue) -> None:
+    """record_of names a llama-swap model by its id and a plain one by target+draft file."""
+    a, recs = analyse(cat, ENGINE / "spec-working-default.log")
+    (r,) = recs.values()
+    assert r["model"] == "target.gguf+draft-same.gguf" and r["swap_model"] is None
+    assert record_of(a.stream.runs[0], a.loads._extra[id(a.stream.runs[0])], "h")["host"] == "h"
