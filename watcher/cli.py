@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import Any
 
 from watcher import __version__, db
-from watcher.commands import notify, patterns, pipe, probe, scan, status, watch
+from watcher.commands import budget, models, notify, patterns, pipe, probe, scan, status, watch
 from watcher.commands import run as run_command
 from watcher.commands._common import UsageError, add_analysis_options
 from watcher.environment import Environment
@@ -18,7 +18,8 @@ from watcher.exitstatus import ExitStatus
 #: Sub-command modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)``. Pipe mode
 #: (no sub-command) is ``watcher.commands.pipe``; the options and sinks every analysing command shares are
 #: listed in ``watcher.commands._common.EXTENSIONS``.
-COMMANDS: tuple[ModuleType, ...] = (scan, patterns, status, notify, watch, run_command, probe)
+COMMANDS: tuple[ModuleType, ...] = (scan, patterns, status, notify, watch, run_command, probe, models,
+                                    budget)
 
 
 class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
