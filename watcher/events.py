@@ -30,6 +30,7 @@ FIELD_TYPES: dict[str, type] = {
     "total_mib": float,
     "mib": float,
     "gib": float,
+    "limit_mib": float,
     "mb": float,
     "rate": float,
     "mean_len": float,

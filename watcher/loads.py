@@ -130,6 +130,8 @@ class _Extra:
     window: deque[tuple[int, int]] = field(default_factory=deque)
     loaded: bool = False
     warned: bool = False
+    prompt_cache_mib: float | None = None
+    prompt_cache_limit_mib: float | None = None
 
 
 def footprint(run: Run) -> list[dict[str, Any]]:
@@ -186,6 +188,9 @@ def record_of(run: Run, extra: _Extra, host: str) -> dict[str, Any]:
         "accepted": run.accepted,
         "mean_len": round(extra.mean_len_sum / extra.mean_len_n, 3) if extra.mean_len_n else None,
         "gen_tps": round(extra.tps_sum / extra.tps_n, 2) if extra.tps_n else None,
+        # The server's host-memory prompt cache: outside the buffers above, largest size seen and its limit.
+        "prompt_cache_mib": extra.prompt_cache_mib,
+        "prompt_cache_limit_mib": extra.prompt_cache_limit_mib,
     }
 
 
@@ -437,6 +442,11 @@ class LoadTracker:
     def _on_device_memory(self, run: Run, x: _Extra, ev: Event) -> None:
         if ev.get("device") and ev.get("total_mib"):
             x.total_mib[str(ev.get("device"))] = ev.get("total_mib")
+
+    def _on_prompt_cache(self, run: Run, x: _Extra, ev: Event) -> None:
+        if ev.get("mib") is not None:
+            x.prompt_cache_mib = max(x.prompt_cache_mib or 0.0, ev.get("mib"))
+        x.prompt_cache_limit_mib = ev.get("limit_mib", x.prompt_cache_limit_mib)
 
     def _on_draft_acceptance(self, run: Run, x: _Extra, ev: Event) -> None:
         if ev.get("mean_len") is not None:

@@ -672,6 +672,8 @@ class RunResult:
     duration_s: float
     error: str | None = None
     unsupported: str | None = None  # why this build cannot run the scenario (a spec type it lacks)
+    #: The child's resident memory (MiB, Linux): just before the engine loads, and while it serves.
+    rss_mib: dict[str, float] | None = None
 
     @property
     def drafted_tokens(self) -> int:
@@ -779,6 +781,7 @@ def run_scenario(
         duration_s=round(duration, 2),
         error=result.get("error"),
         unsupported=result.get("unsupported"),
+        rss_mib=result.get("rss_mib"),
     )
 
 
@@ -888,6 +891,7 @@ def _serve(cfg_path: str) -> int:
     # meta.json writing) must not load the 100 MB native engine or its logger.
     import xllamacpp as xlc
 
+    rss = {"before": _rss_mib()}
     params = xlc.CommonParams()
     try:
         _check_expressible(params, cfg["params"])
@@ -948,9 +952,23 @@ def _serve(cfg_path: str) -> int:
                 result["slots_speculative"] = [bool(s.get("speculative")) for s in json.loads(r.read())]
         except OSError:
             pass
+    rss["serving"] = _rss_mib()
+    if rss["before"] is not None and rss["serving"] is not None:
+        result["rss_mib"] = rss
     report()
     server = None  # dropping it runs ~Server, which stops the loop; the engine logs its shutdown lines
     return 0
+
+
+def _rss_mib() -> float | None:
+    """This process's resident set (VmRSS) in MiB; None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def result_summary(run: RunResult, scenario: Scenario) -> dict[str, Any]:
