@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 import time
@@ -183,3 +184,120 @@ def test_record_of_carries_the_swap_name(cat: cat_mod.Catalogue) -> None:
     (r,) = recs.values()
     assert r["model"] == "target.gguf+draft-same.gguf" and r["swap_model"] is None
     assert record_of(a.stream.runs[0], a.loads._extra[id(a.stream.runs[0])], "h")["host"] == "h"
+
+
+LEDGER = SAMPLES / "ledger"
+OVERCOMMIT = SWAP / "llamaswap-debug-three-models-overcommit.log"
+
+
+def test_overcommit_warns_before_the_failing_load(cat: cat_mod.Catalogue) -> None:
+    """chat's second start, beside resident coder, is flagged on llama-swap's start line, before it fails."""
+    a, _ = analyse(cat, OVERCOMMIT, settings=Settings(capacity={"CPU": 1536.0}))
+    kinds = {i.kind: i for i in a.incidents()}
+    inc = kinds["memory_overcommit"]
+    assert inc.first_line == 1302 and "Executing start command" in inc.evidence[0].text
+    assert inc.first_line < kinds["draft_context_failed"].first_line
+    assert inc.model == "chat" and inc.device == "CPU"
+    assert [r["model"] for r in inc.extra["resident"]] == ["coder"]
+    assert inc.extra["needed_mib"] == pytest.approx(393.9, abs=0.1)
+    assert inc.extra["total_mib"] == pytest.approx(393.9 + 1165.9, abs=0.2)
+
+
+def test_no_overcommit_where_the_models_fit(cat: cat_mod.Catalogue) -> None:
+    """With the memory the logs report (24,105 MiB) nothing is flagged, and summarise beside coder fits 1.5 GiB."""
+    a, _ = analyse(cat, OVERCOMMIT)
+    assert "memory_overcommit" not in {i.kind for i in a.incidents()}
+    a, _ = analyse(cat, OVERCOMMIT, settings=Settings(capacity={"CPU": 1536.0}))
+    assert [i.model for i in a.incidents() if i.kind == "memory_overcommit"] == ["chat"]
+
+
+def test_overcommit_from_loads_recorded_earlier(tmp_path: Path) -> None:
+    """A footprint measured by an earlier specwatch process warns a later one (pipe mode, config capacity)."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[ledger]\ncapacity = ["CPU=1536"]\n')
+    log = OVERCOMMIT.read_text().splitlines(keepends=True)
+    first, rest = "".join(log[:422]), "".join(log[422:])  # chat's first load; then coder, summarise, chat again
+    assert cli("--config", str(conf), stdin=first.encode()).status == 0
+    res = cli("--config", str(conf), "--exit-status", stdin=rest.encode())
+    assert "Memory overcommit on CPU: chat needs 394 MiB" in res.stderr
+
+
+def test_budget_agrees_with_the_overcommit_warning() -> None:
+    """budget says chat and coder do not fit in 1,536 MiB (exit 1), and fit in the reported 24,105 MiB."""
+    cli(stdin=OVERCOMMIT.read_bytes())
+    res = cli("budget", "chat", "coder", "--capacity", "CPU=1536")
+    assert res.status == 1, res.stderr
+    assert "CPU: chat 394 MiB + coder 1,166 MiB = 1,560 MiB of 1,536 MiB: does NOT fit, headroom -24 MiB" in res.out
+    assert "make room: coder: context per slot 4,096 -> 2,048" in res.out
+    assert cli("budget", "chat", "coder").status == 0
+
+
+def test_budget_unknown_model_exits_2() -> None:
+    """A model no load record names is a usage error listing the known ones."""
+    cli(stdin=OVERCOMMIT.read_bytes())
+    res = cli("budget", "chat", "nope")
+    assert res.status == 2 and "'nope'" in res.stderr and "coder" in res.stderr
+
+
+def test_acceptance_regression_between_two_loads_of_one_pair() -> None:
+    """The same target and draft accepting 100%, then ~75% over a full window, raises acceptance_regressed."""
+    assert cli(stdin=(LEDGER / "pair-greedy.log").read_bytes()).status == 0
+    res = cli(stdin=(LEDGER / "pair-hot.log").read_bytes())
+    assert "Draft acceptance regressed: mid.gguf with draft mid-draft-same.gguf accepts" in res.stderr
+    assert "down from 100.0% on b0" in res.stderr
+
+
+def test_no_regression_without_a_baseline_or_when_acceptance_holds() -> None:
+    """The first load of a pair has nothing to regress from; the same acceptance again raises nothing."""
+    res = cli(stdin=(LEDGER / "pair-hot.log").read_bytes())
+    assert "regressed" not in res.stderr
+    res = cli(stdin=(LEDGER / "pair-hot.log").read_bytes())
+    assert "regressed" not in res.stderr
+
+
+def fill(*logs: Path) -> None:
+    for log in logs:
+        assert cli(stdin=log.read_bytes()).status in (0, 1)
+
+
+def test_models_json_carries_the_measured_footprint() -> None:
+    """models --json: per model and device, weights/KV/compute per role, slots, context, task sizes, advice."""
+    fill(OVERCOMMIT)
+    rows = {r["model"]: r for r in json.loads(cli("models", "--json").out)}
+    coder = rows["coder"]
+    assert coder["device"] == "CPU" and coder["draft"] == "mid-draft-same.gguf" and coder["host"]
+    assert coder["memory"]["target"] == {"weights_mib": 52.91, "kv_mib": 512.0, "compute_mib": 18.02}
+    assert coder["memory"]["draft"]["kv_mib"] == 512.0
+    assert (coder["parallel"], coder["n_ctx"]) == (8, 4096)
+    assert coder["kv_per_slot_mib"] == 128.0 and coder["kv_per_1k_mib"] == 31.25  # 1,024 MiB / 32,768 cells
+    # eight tasks, the longest prompt 1,050 tokens + 16 generated: nearest-rank p99 of 8 is the largest
+    assert (coder["tasks"], coder["task_tokens_max"], coder["task_tokens_p99"]) == (8, 1066, 1066)
+    changes = {a["kind"]: a["frees_mib"] for a in coder["advice"]}
+    assert changes["parallel"] == 512.0 and changes["context"] == 512.0
+    assert "summarise" in rows and rows["summarise"]["draft"] is None
+    # chat's last load failed: its footprint is the load before, which served
+    assert rows["chat"]["memory"]["draft"]["kv_mib"] == 128.0 and rows["chat"]["loads"] == 2
+
+
+def test_models_text_names_what_frees_memory() -> None:
+    """The table shows each role's split and the computed changes with the memory they free."""
+    fill(OVERCOMMIT)
+    out = cli("models").out
+    assert "    target mid.gguf: weights 53 MiB, KV 512 MiB, compute 18 MiB" in out
+    assert "--parallel 8 -> 4 (-c 32,768 -> 16,384, 4,096 per slot) frees 512 MiB" in out
+
+
+def test_draft_scorecard_compares_two_drafts_of_one_target() -> None:
+    """drafts --json: the identical draft (100%) and the random one (0%) side by side; the first pays best."""
+    fill(LEDGER / "mid-same-np4-c8k.log", LEDGER / "mid-tiny-np2-c8k.log", LEDGER / "mid-np1-c4k.log")
+    rows = {r["draft"]: r for r in json.loads(cli("drafts", "--json").out)}
+    same, tiny = rows["mid-draft-same.gguf"], rows["draft-random.gguf"]
+    assert same["target"] == tiny["target"] == "mid.gguf"
+    assert (same["acceptance"], tiny["acceptance"]) == (1.0, 0.0)
+    assert tiny["drafted"] == 78 and tiny["accepted"] == 0
+    assert same["best_value"] and not tiny["best_value"]
+    assert same["near_target_size"] and not tiny["near_target_size"]  # identical weights: as big as the target
+    assert same["draft_mib"] == pytest.approx(52.91 + 128.0, abs=0.01)
+    assert same["tps_without"] is not None  # the target's load without a draft
+    text = cli("drafts").out
+    assert "best value for its memory; nearly the target's size" in text

@@ -21,7 +21,7 @@ _COLS = ("weights_mib", "kv_mib", "compute_mib")
 
 
 def _fmt(mib: float) -> str:
-    if abs(mib) >= 1024:
+    if abs(mib) >= 10240:  # GiB from 10 GiB up: below, one decimal of a GiB hides what a budget turns on
         return f"{mib / 1024:,.1f} GiB"
     return f"{mib:,.0f} MiB" if abs(mib) >= 10 else f"{mib:.2f} MiB"
 
@@ -101,7 +101,7 @@ class ModelView:
                 "target": (self.last.get("target") or {}).get("file"),
                 "draft": (self.last.get("draft") or {}).get("file"),
                 "build": self.last.get("build"),
-                "target_mib": _rounded(target), "draft_mib": _rounded(draft),
+                "memory": {"target": _rounded(target), "draft": _rounded(draft)},
                 "total_mib": round(total, 2),
                 "device_total_mib": info.get("total_mib"), "device_free_mib": info.get("free_mib"),
                 "n_ctx": self.n_ctx, "parallel": self.parallel,
@@ -121,22 +121,20 @@ def _rounded(d: Mapping[str, float] | None) -> dict[str, float] | None:
 
 
 def views(records: Iterable[Mapping[str, Any]], host: str | None = None) -> list[ModelView]:
-    """Per (host, model): the newest measured load, the load count and every task size, oldest model first."""
-    out: dict[tuple[str, str], ModelView] = {}
+    """Per (host, model): the newest measured load (by start), every load counted, every task size kept."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for rec in records:
-        if host is not None and rec.get("host") != host:
+        if host is None or rec.get("host") == host:
+            groups.setdefault((str(rec.get("host")), str(rec.get("model"))), []).append(rec)
+    out = []
+    for (h, model), recs in groups.items():
+        done = [r for r in recs if measured(r)]
+        if not done:
             continue
-        key = (str(rec.get("host")), str(rec.get("model")))
-        v = out.get(key)
-        if measured(rec):
-            if v is None:
-                v = out[key] = ModelView(key[1], key[0], dict(rec))
-            v.last = dict(rec)
-        if v is None:
-            continue
-        v.loads += 1
-        v.tasks.extend(int(t) for t in rec.get("task_tokens") or [])
-    return list(out.values())
+        last = max(done, key=lambda r: (r.get("started_at") or 0, r.get("updated_at") or 0))
+        out.append(ModelView(model, h, dict(last), loads=len(recs),
+                             tasks=[int(t) for r in recs for t in r.get("task_tokens") or []]))
+    return out
 
 
 def model_rows(records: Iterable[Mapping[str, Any]], host: str | None = None) -> list[dict[str, Any]]:

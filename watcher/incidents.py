@@ -18,6 +18,9 @@ KINDS: dict[str, str] = {
     "draft_on_cpu": "the draft runs on the CPU while the target is on a GPU",
     "main_model_oom": "the target itself failed to allocate (not a speculation problem, reported as such)",
     "spec_runtime_error": "a speculative batch failed while serving (requests get HTTP 500)",
+    "memory_overcommit": "a model is starting whose last measured footprint, beside what is resident, exceeds the "
+                         "device's memory",
+    "acceptance_regressed": "a (target, draft) pair accepts far less than it did in earlier loads (a build change)",
 }
 
 SEVERITIES = ("critical", "warning", "info")
@@ -182,4 +185,8 @@ def render_title(inc: Incident) -> str:
             return f"Target model out of memory{where}{size}: {basename(inc.model) or 'model'} did not load"
         case "spec_runtime_error":
             return f"Speculative batch failed while serving{slots}: requests get HTTP 500"
+        case "memory_overcommit":
+            return f"Memory overcommit{where}: {inc.reason}"
+        case "acceptance_regressed":
+            return f"Draft acceptance regressed: {inc.reason}"
     return f"{inc.kind}: {inc.reason}"

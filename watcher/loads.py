@@ -566,7 +566,7 @@ class LoadTracker:
         inc = Incident(kind="memory_overcommit", severity="warning", source=self.stream.source, run=0,
                        model=model, device=dev, mib=round(total - cap, 1),
                        reason=f"{model} needs {_gib(mib)} (last measured) beside {beside} resident: "
-                              f"{_gib(total)} > {_gib(cap)} on {dev}")
+                              f"{_gib(total)} > {_gib(cap)}")
         inc.server_state = "loading"
         inc.extra.update({"needed_mib": round(mib, 1), "capacity_mib": cap, "total_mib": round(total, 1),
                           "resident": [{"model": m, "mib": round(v, 1)} for m, v in others]})
@@ -633,7 +633,7 @@ def _worth_writing(tasks: int) -> bool:
 
 
 def _gib(mib: float) -> str:
-    return f"{mib / 1024:,.1f} GiB" if mib >= 1024 else f"{mib:,.0f} MiB"
+    return f"{mib / 1024:,.1f} GiB" if mib >= 10240 else f"{mib:,.0f} MiB"
 
 
 __all__ = ["Evidence", "History", "LoadBook", "LoadTracker", "Settings", "capacities", "device_totals",

@@ -424,8 +424,9 @@ PROMPTS = ("the cat sat on the mat and the cat", "what is it that we can do abou
 HUGE_CTX = 1 << 22
 
 # Address-space cap (RLIMIT_AS) the child sets on itself: 8 GiB is ~10x what any
-# successful scenario here needs, and far below the impossible KV caches.
-CHILD_ADDRESS_SPACE = 8 << 30
+# successful scenario here needs, and far below the impossible KV caches. SPECWATCH_HARNESS_ADDRESS_SPACE
+# lowers it to make an allocation fail for real (tools/ledger_accuracy.py: a load that no longer fits).
+CHILD_ADDRESS_SPACE = int(os.environ.get("SPECWATCH_HARNESS_ADDRESS_SPACE") or 8 << 30)
 
 
 @dataclass(frozen=True)
@@ -441,6 +442,9 @@ class Scenario:
     n_ctx: int = 512
     n_ubatch: int = 512
     n_predict: int = 16
+    #: Sampling temperature of the requests (0: greedy, deterministic; higher: the target strays from a
+    #: greedy draft, so acceptance falls).
+    temperature: float = 0.0
     n_requests: int = 2
     # What we measured on b11549 (checked by the tests and written into meta.json):
     # "works" = speculation active; "degraded" = serves without speculation (or with a
@@ -732,6 +736,7 @@ def run_scenario(
             "prompts": list(PROMPTS[: scenario.n_requests])
             + [PROMPTS[i % len(PROMPTS)] for i in range(len(PROMPTS), scenario.n_requests)],
             "n_predict": scenario.n_predict,
+            "temperature": scenario.temperature,
             "concurrent": scenario.n_parallel > 1,
             "result_path": str(res_path),
             "request_extra": engine.request_extra,
@@ -918,7 +923,10 @@ def _serve(cfg_path: str) -> int:
         return 2
 
     def one(prompt: str) -> dict[str, Any]:
-        body_in = {"prompt": prompt, "n_predict": cfg["n_predict"], "ignore_eos": True, "temperature": 0.0}
+        body_in = {"prompt": prompt, "n_predict": cfg["n_predict"], "ignore_eos": True,
+                   "temperature": cfg.get("temperature", 0.0)}
+        if cfg.get("temperature"):
+            body_in["top_k"] = 40  # the server's defaults are greedy (top-k 1): a temperature needs a wider top-k
         body_in.update(cfg.get("request_extra", {}))
         if base is None:
             # 2025 wheels have no HTTP server: the same handler is called in-process.

@@ -75,7 +75,7 @@ def run_models(args: argparse.Namespace, env: Environment) -> ExitStatus:
             last = where
         out.write(f"  {r['model']}  {fleet.fmt(r['total_mib'])}\n")
         for role in ("target", "draft"):
-            m = r[f"{role}_mib"]
+            m = r["memory"][role]
             if m:
                 out.write(f"    {role:6} {r[role] or '?'}: weights {fleet.fmt(m['weights_mib'])}, KV "
                           f"{fleet.fmt(m['kv_mib'])}, compute {fleet.fmt(m['compute_mib'])}\n")

@@ -26,8 +26,10 @@ from watcher.pipe import CHUNK, Passthrough
 from watcher.state import Stream
 
 #: Incident kinds that mean "the server is not speculating as configured". ``main_model_oom`` is the
-#: target's own failure; ``low_acceptance`` and ``draft_on_cpu`` are speculation that runs, badly.
-FAILURE_KINDS = frozenset(KINDS) - {"main_model_oom", "low_acceptance", "draft_on_cpu"}
+#: target's own failure; ``low_acceptance`` and ``draft_on_cpu`` are speculation that runs, badly;
+#: ``memory_overcommit`` and ``acceptance_regressed`` are advice about a load, not a failure of it.
+FAILURE_KINDS = frozenset(KINDS) - {"main_model_oom", "low_acceptance", "draft_on_cpu", "memory_overcommit",
+                                    "acceptance_regressed"}
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
