@@ -207,3 +207,24 @@ def test_remote_address_refused_on_the_command_line(tmp_path: Path) -> None:
     assert cli.run(["--metrics-listen", "0.0.0.0:0"], env) == ExitStatus.USAGE
     assert "--metrics-allow-remote" in stderr.getvalue()
     assert out.getvalue() == b"hello\n"
+
+
+def test_memory_by_role_and_pair_acceptance() -> None:
+    """A served load exports its measured memory per device, role and kind, and its pair's acceptance."""
+    sink = metrics.start("127.0.0.1", 0)
+    try:
+        catalogue = cat.load([cat.default_dir()])
+        a = Analyzer(catalogue, source="chat.log")
+        metrics.register(a)
+        a.feed((ROOT / "samples" / "ledger" / "mid-tiny-np2-c8k.log").read_bytes())
+        a.finish()
+        host, port = sink.address or ("", 0)
+        s = _scrape(f"http://{host}:{port}/metrics")
+        base = {"source": "chat.log", "server": "mid.gguf", "device": "CPU"}
+        # the log's own buffer lines: target KV 128 MiB for -c 8192, draft weights 0.24 MiB
+        assert _get(s, "specwatch_model_memory_mib", role="target", kind="kv", **base) == 128.0
+        assert _get(s, "specwatch_model_memory_mib", role="draft", kind="weights", **base) == 0.24
+        assert _get(s, "specwatch_pair_acceptance_ratio", source="chat.log", server="mid.gguf",
+                    draft="draft-random.gguf") == 0.0
+    finally:
+        sink.close()

@@ -48,3 +48,8 @@ def target_label(url: str) -> str:
         return f"{scheme}://{host}{f':{port}' if port else ''}"
     digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:8]
     return f"{scheme}://#{digest}"
+
+
+def device_label(device: str) -> str:
+    """A device as llama.cpp names it (``CUDA0``, ``ROCm1``, ``CPU``), cut to a safe label value."""
+    return _UNSAFE.sub("_", device)[:32] or "unknown"

@@ -30,7 +30,8 @@ from watcher.environment import Environment
 from watcher.errors import UsageError
 from watcher.events import Event, Record
 from watcher.incidents import KINDS, SEVERITIES, Incident
-from watcher.labels import server_label, source_label, target_label
+from watcher.labels import device_label, server_label, source_label, target_label
+from watcher.loads import footprint
 from watcher.pipeline import Analyzer
 from watcher.relevance import NOISE, RELEVANT
 from watcher.state import Run
@@ -217,6 +218,23 @@ class Metrics:
                 accepted.add_metric([label, server], a + accepted_before.get(server, 0))
         yield from (lines, unmatched, requested, active, ratio, drafted, accepted)
 
+        memory = GaugeMetricFamily("specwatch_model_memory_mib",
+                                   "MiB the server's latest load allocated (llama.cpp's buffer lines), by device, "
+                                   "role (target, draft) and kind (weights, kv, compute)",
+                                   labels=["source", "server", "device", "role", "kind"])
+        pair = GaugeMetricFamily("specwatch_pair_acceptance_ratio",
+                                 "Accepted / drafted tokens of a (target, draft) pair over every load of the source",
+                                 labels=["source", "server", "draft"])
+        for label, analyzer in sorted(analyzers.items()):
+            for server, run in _latest_runs(analyzer).items():
+                for row in footprint(run):
+                    for kind in ("weights", "kv", "compute"):
+                        memory.add_metric([label, server, device_label(row["device"]), row["role"], kind],
+                                          row[f"{kind}_mib"])
+            for (server, draft), (d, a) in sorted(_pairs(analyzer).items()):
+                pair.add_metric([label, server, draft], a / d)
+        yield from (memory, pair)
+
         sent = CounterMetricFamily("specwatch_notifications",
                                    "Notification delivery attempts, by target and outcome",
                                    labels=["target", "outcome"])
@@ -273,6 +291,17 @@ def _tokens(analyzer: Analyzer) -> dict[str, tuple[int, int]]:
         if run.drafted or run.accepted:
             d, a = out.get(server_label(run.target_model), (0, 0))
             out[server_label(run.target_model)] = (d + run.drafted, a + run.accepted)
+    return out
+
+
+def _pairs(analyzer: Analyzer) -> dict[tuple[str, str], tuple[int, int]]:
+    """Drafted and accepted tokens per (target, draft) pair, summed over the source's runs."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for run in _runs(analyzer):
+        if run.drafted and run.draft_model:
+            key = (server_label(run.target_model), server_label(run.draft_model))
+            d, a = out.get(key, (0, 0))
+            out[key] = (d + run.drafted, a + run.accepted)
     return out
 
 
