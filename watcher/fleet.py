@@ -78,7 +78,8 @@ class ModelView:
             keep = f" (-c {ctx * n:,} -> {ctx * fewer:,}, {ctx:,} per slot)" if ctx else ""
             out.append({"change": f"--parallel {n} -> {fewer}{keep}", "frees_mib": round(kv * (1 - fewer / n), 1),
                         "kind": "parallel", "model": self.model})
-        if ctx and ctx >= 1024:
+        if ctx and ctx >= 1024 and not any(o["kind"] == "p99_context" and f"-> {ctx // 2:,} (" in o["change"]
+                                            for o in out):
             out.append({"change": f"context per slot {ctx:,} -> {ctx // 2:,} (-c {ctx * n:,} -> {ctx * n // 2:,})",
                         "frees_mib": round(kv / 2, 1), "kind": "context", "model": self.model})
         return out

@@ -552,6 +552,16 @@ class LoadTracker:
             self._raise_overcommit(name, dev, mib, others, cap=cap, ev=ev)
             return
 
+    def _next_run(self, model: str) -> int:
+        """The run number the starting load gets in the model's stream (as reports number its loads)."""
+        stream = (getattr(self.stream, "models", None) or {}).get(model)
+        if stream is None:
+            current = getattr(self.stream, "current", None)
+            stream = current.stream if current is not None else self.stream
+        runs = stream.runs
+        # A plain server's new run exists already (its model line started it); llama-swap's start line comes first.
+        return len(runs) if runs and runs[-1].phase == "loading" and not runs[-1].ledger.allocations else len(runs) + 1
+
     def _live_totals(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for x in self._extra.values():
@@ -563,12 +573,13 @@ class LoadTracker:
                           ev: Event) -> None:
         total = mib + sum(v for _, v in others)
         beside = ", ".join(f"{m} {_gib(v)}" for m, v in others) or "nothing else"
-        inc = Incident(kind="memory_overcommit", severity="warning", source=self.stream.source, run=0,
-                       model=model, device=dev, mib=round(total - cap, 1),
+        inc = Incident(kind="memory_overcommit", severity="warning", source=self.stream.source,
+                       run=self._next_run(model), model=model, device=dev, mib=round(mib, 1),
                        reason=f"{model} needs {_gib(mib)} (last measured) beside {beside} resident: "
                               f"{_gib(total)} > {_gib(cap)}")
         inc.server_state = "loading"
         inc.extra.update({"needed_mib": round(mib, 1), "capacity_mib": cap, "total_mib": round(total, 1),
+                          "over_mib": round(total - cap, 1),
                           "resident": [{"model": m, "mib": round(v, 1)} for m, v in others]})
         if ev.get("swap_model"):
             inc.extra["swap_model"] = ev.get("swap_model")
