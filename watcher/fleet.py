@@ -18,6 +18,8 @@ from watcher.loads import capacities, device_totals, measured, percentile, role_
 #: cannot pay for itself (llama.cpp PR #26968 loaded the target as its own draft).
 NEAR_TARGET = 0.5
 _COLS = ("weights_mib", "kv_mib", "compute_mib")
+#: A draft suggested in place of another must accept at least this much (low_acceptance's default threshold).
+MIN_USEFUL_ACCEPTANCE = 0.30
 
 
 def _fmt(mib: float) -> str:
@@ -308,7 +310,9 @@ def _smaller_drafts(chosen: list[ModelView], drafts: list[dict[str, Any]], devic
         now = sum(r["weights_mib"] + r["kv_mib"] for r in v.last.get("memory") or []
                   if r["role"] == "draft" and r["device"] == device)
         for d in drafts:
-            if d["target"] == target and d["draft"] != cur and d["draft_mib"] and d["draft_mib"] < now:
+            # Only a draft that really drafted: one that accepts (almost) nothing frees memory by being useless.
+            useful = d["acceptance"] is not None and d["acceptance"] >= MIN_USEFUL_ACCEPTANCE
+            if d["target"] == target and d["draft"] != cur and useful and d["draft_mib"] and d["draft_mib"] < now:
                 acc = f", acceptance {d['acceptance']:.0%}" if d["acceptance"] is not None else ""
                 out.append({"change": f"draft {cur} -> {d['draft']}", "why": f"seen with this target before{acc}",
                             "frees_mib": round(now - d["draft_mib"], 1), "kind": "smaller_draft", "model": v.model})

@@ -55,6 +55,8 @@ MIGRATIONS = [
 
 #: Task sizes kept per load for the largest and p99 figures (the newest, if a server runs for weeks).
 TASKS_KEPT = 4096
+#: Runs the tracker keeps figures for (the newest); older finished ones are written and forgotten.
+_RUNS_KEPT = 256
 #: Records the tracker reads back from the store at start: baselines and last footprints come from these.
 HISTORY_LOADS = 2000
 
@@ -128,6 +130,10 @@ class _Extra:
     mean_len_sum: float = 0.0
     mean_len_n: int = 0
     window: deque[tuple[int, int]] = field(default_factory=deque)
+    win_gen: int = 0
+    win_acc: int = 0
+    #: (acceptance, drafted, builds) of the pair's earlier loads, looked up once per load.
+    baseline: tuple[float, int, list[int]] | None = None
     loaded: bool = False
     warned: bool = False
     prompt_cache_mib: float | None = None
@@ -487,12 +493,24 @@ class LoadTracker:
     def _extra_of(self, run: Run) -> _Extra:
         x = self._extra.get(id(run))
         if x is None:
+            if len(self._runs) >= _RUNS_KEPT:
+                self._forget_oldest()
             x = self._extra[id(run)] = _Extra()
             self._runs[id(run)] = run
         sec = getattr(self.stream, "current", None)
         if sec is not None and sec.model and run in sec.stream.runs:
             x.swap_model = sec.model
         return x
+
+    def _forget_oldest(self) -> None:
+        # A watcher that runs for months sees thousands of restarts; the oldest finished run's record is
+        # written already (every new load flushes the others), so its bookkeeping can go.
+        for rid in list(self._runs)[: len(self._runs) // 2]:
+            if self._runs[rid].phase in ("loading", "serving"):
+                continue
+            self._dirty.discard(rid)
+            del self._runs[rid]
+            del self._extra[rid]
 
     def _flush_others(self, run: Run) -> None:
         # A new load begins: the earlier runs of this stream have their final figures now.
@@ -592,15 +610,21 @@ class LoadTracker:
     def _window(self, run: Run, x: _Extra, ev: Event) -> None:
         gen, acc = ev.get("generated", 0) or 0, ev.get("accepted", 0) or 0
         x.window.append((gen, acc))
+        x.win_gen += gen
+        x.win_acc += acc
         size = self.settings.regression_window
-        while x.window and sum(g for g, _ in x.window) - x.window[0][0] >= size:
-            x.window.popleft()
-        drafted = sum(g for g, _ in x.window)
+        while x.window and x.win_gen - x.window[0][0] >= size:
+            g, a = x.window.popleft()
+            x.win_gen -= g
+            x.win_acc -= a
+        drafted = x.win_gen
         if drafted < size or x.warned or not run.target_model or not run.draft_model:
             return
-        rate = sum(a for _, a in x.window) / drafted
+        rate = x.win_acc / drafted
         target, draft = basename(run.target_model), basename(run.draft_model)
-        base, base_drafted, builds = History(self._records()).baseline(self.host, target, draft, exclude=x.key)
+        if x.baseline is None:
+            x.baseline = History(self._records()).baseline(self.host, target, draft, exclude=x.key)
+        base, base_drafted, builds = x.baseline
         if base_drafted < size:
             return
         s = self.settings

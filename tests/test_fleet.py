@@ -1,0 +1,89 @@
+"""What load records add up to: the seed story's numbers through budget, advice and the scorecard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from watcher import fleet
+
+
+def load(key: str, model: str, target: str, roles: dict[str, tuple[float, float, float]], *, draft: str | None = None,
+         slots: int = 1, ctx: int = 4096, tasks: list[int] | None = None, drafted: int = 0, accepted: int = 0,
+         t: float = 0.0, device: str = "ROCm0") -> dict[str, Any]:
+    """A load record as watcher.loads writes it (only the fields fleet reads)."""
+    return {"key": key, "host": "evo-x2", "model": model, "build": 9000, "ended": "stopped",
+            "target": {"file": target}, "draft": {"file": draft} if draft else None,
+            "n_slots": slots, "n_ctx_slot": ctx, "task_tokens": tasks or [], "tasks": len(tasks or []),
+            "drafted": drafted, "accepted": accepted, "started_at": t, "updated_at": t,
+            "devices": {device: {"total_mib": None, "free_mib": None}},
+            "memory": [{"device": device, "role": r, "weights_mib": w, "kv_mib": kv, "compute_mib": c}
+                       for r, (w, kv, c) in roles.items()]}
+
+
+EMBED = load("e", "embed", "qwen3-embedding-8b.gguf", {"target": (1100.0, 21504.0, 1766.0)}, slots=16, ctx=8192,
+             tasks=[800] * 490 + [2532] * 10)  # the largest 2% are 2,532 tokens: p99 is 2,532
+BIG_4B = load("b", "qwen3.5-122b", "qwen3.5-122b-a10b-q4_k_m.gguf",
+              {"target": (70000.0, 1024.0, 512.0), "draft": (2400.0, 900.0, 500.0)}, draft="qwen3-4b.gguf",
+              drafted=10000, accepted=6400, t=1.0)
+BIG_06B = load("s", "qwen3.5-122b-small-draft", "qwen3.5-122b-a10b-q4_k_m.gguf",
+               {"target": (70000.0, 1024.0, 512.0), "draft": (400.0, 150.0, 100.0)}, draft="qwen3-0.6b.gguf",
+               drafted=10000, accepted=6100, t=2.0)
+CAP = {"ROCm0": 98304.0}  # 96 GiB of the 160 GB unified memory given to the GPU
+
+
+def test_seed_story_does_not_fit_and_the_p99_context_makes_room() -> None:
+    """Embedding (23.8 GiB) + 122B with 4B draft (73.6 GiB) exceed 96 GiB; a p99-sized context frees 10.5 GiB."""
+    (fit,) = fleet.budget([EMBED, BIG_4B, BIG_06B], ["embed", "qwen3.5-122b"], CAP)
+    assert fit.fits is False and fit.total_mib == pytest.approx(24370 + 75336)
+    (change,) = fit.changes
+    assert change["kind"] == "p99_context" and change["model"] == "embed"
+    assert change["frees_mib"] == 10752.0  # half the KV: 8,192 -> 4,096 per slot still holds 2,532 tokens
+    assert "your p99 task is 2,532 tokens" in change["why"]
+
+
+def test_without_task_sizes_the_smaller_draft_seen_before_is_cheapest() -> None:
+    """With no task sizes, a 0.6B draft that accepted well with this target beats cutting slots."""
+    embed = dict(EMBED, task_tokens=[], tasks=0)
+    (fit,) = fleet.budget([embed, BIG_4B, BIG_06B], ["embed", "qwen3.5-122b"], CAP)
+    (change,) = fit.changes
+    assert change["kind"] == "smaller_draft" and change["change"] == "draft qwen3-4b.gguf -> qwen3-0.6b.gguf"
+    assert change["frees_mib"] == 3300.0 - 550.0
+
+
+def test_a_draft_that_accepts_nothing_is_never_suggested() -> None:
+    """A smaller draft with 5% acceptance frees memory by being useless: fewer slots are suggested instead."""
+    useless = dict(BIG_06B, accepted=500)
+    embed = dict(EMBED, task_tokens=[], tasks=0)
+    (fit,) = fleet.budget([embed, BIG_4B, useless], ["embed", "qwen3.5-122b"], CAP)
+    assert [c["kind"] for c in fit.changes] == ["parallel"]
+    assert fit.changes[0]["change"].startswith("--parallel 16 -> 8") and fit.changes[0]["frees_mib"] == 10752.0
+
+
+def test_fits_when_capacity_allows() -> None:
+    """The same pair with 128 GiB fits and suggests nothing."""
+    (fit,) = fleet.budget([EMBED, BIG_4B], ["embed", "qwen3.5-122b"], {"ROCm0": 131072.0})
+    assert fit.fits is True and fit.changes == [] and fit.headroom_mib == pytest.approx(131072 - 99706)
+
+
+def test_unknown_model_names_the_known_ones() -> None:
+    """budget of a model never recorded raises, listing what is known."""
+    with pytest.raises(fleet.UnknownModelError, match="known: embed"):
+        fleet.budget([EMBED], ["nope"], CAP)
+
+
+def test_scorecard_flags_the_target_as_its_own_draft() -> None:
+    """A draft whose file is the target's (PR #26968) is marked, as is one nearly its size."""
+    own = load("o", "self", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (1000.0, 10.0, 5.0)},
+               draft="t.gguf", drafted=100, accepted=100)
+    half = load("h", "half", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (600.0, 10.0, 5.0)},
+                draft="h.gguf", drafted=100, accepted=90)
+    small = load("s", "small", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (100.0, 10.0, 5.0)},
+                 draft="s.gguf", drafted=100, accepted=70)
+    rows = {r["draft"]: r for r in fleet.draft_rows([own, half, small])}
+    assert rows["t.gguf"]["same_as_target"] and rows["t.gguf"]["near_target_size"]
+    assert rows["h.gguf"]["near_target_size"] and not rows["h.gguf"]["same_as_target"]
+    assert not rows["s.gguf"]["near_target_size"]
+    assert rows["s.gguf"]["best_value"]  # 70% for 110 MiB beats 100% for 1,010 MiB
+    assert rows["s.gguf"]["draft_mib"] == 110.0
