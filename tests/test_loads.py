@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import SAMPLES, cli
 from watcher import catalogue as cat_mod
 from watcher import db, paths
 from watcher.environment import Environment
-from watcher.loads import History, LoadBook, Settings, footprint, percentile, record_of
+from watcher.loads import History, LoadBook, Settings, footprint, parse_capacity, percentile, record_of
 from watcher.notify import worker
 from watcher.notify.sink import StoreSink
 from watcher.pipeline import Analyzer
@@ -302,3 +304,28 @@ def test_draft_scorecard_compares_two_drafts_of_one_target() -> None:
     assert same["tps_without"] is not None  # the target's load without a draft
     text = cli("drafts").out
     assert "best value for its memory; nearly the target's size" in text
+
+
+@given(st.dictionaries(st.from_regex(r"[A-Za-z][\w.-]{0,12}", fullmatch=True),
+                       st.integers(min_value=1, max_value=1 << 22), min_size=1, max_size=4),
+       st.booleans())
+def test_capacity_round_trips(caps: dict[str, int], gib: bool) -> None:
+    """Every DEVICE=MiB (or GiB) item parses to the MiB it says."""
+    items = [f"{d}={v}GiB" if gib else f"{d} = {v}" for d, v in caps.items()]
+    assert parse_capacity(items) == {d: float(v * 1024 if gib else v) for d, v in caps.items()}
+
+
+@given(st.one_of(st.text(max_size=20).filter(lambda s: "=" not in s),
+                 st.sampled_from(["=100", "CUDA0=", "CUDA0=big", "CUDA0=-5", "CUDA0=5TiB", "CUDA 0=5"])))
+def test_capacity_rejects_what_is_not_device_equals_size(item: str) -> None:
+    """Anything without DEVICE=size is a ValueError that quotes the item."""
+    with pytest.raises(ValueError, match="is not DEVICE=MiB"):
+        parse_capacity([item])
+
+
+@given(st.lists(st.integers(min_value=0, max_value=1 << 20), min_size=1, max_size=300))
+def test_p99_is_a_task_at_least_99_percent_fit_in(sizes: list[int]) -> None:
+    """The p99 is one of the sizes, and at least 99% of the tasks are no larger."""
+    p = percentile(sizes, 99)
+    assert p in sizes
+    assert sum(1 for s in sizes if s <= p) >= 0.99 * len(sizes)
