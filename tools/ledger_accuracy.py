@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +86,7 @@ def main() -> int:
     args = ap.parse_args()
     cat = catalogue.load()
     short = harness.PROMPTS
-    harness.PROMPTS = PROMPTS
+    harness.PROMPTS = PROMPTS  # type: ignore[assignment]  # longer prompts than the harness's pair
     worst_rss = worst_own = 0.0
     print("| run | ledger total + prompt cache MiB | RSS growth MiB | error | ledger target MiB | "
           "llama.cpp self MiB | error |")
@@ -105,8 +106,9 @@ def main() -> int:
             if args.logs:
                 args.logs.mkdir(parents=True, exist_ok=True)
                 (args.logs / f"{name}.log").write_text(log)
-                meta = {"scenario": name, "description": desc, "engine": {"package": harness.ENGINE_PACKAGE,
-                        "version": harness.ENGINE_VERSION, "llama_cpp_build": harness.LLAMA_CPP_BUILD},
+                engine = {"package": harness.ENGINE_PACKAGE, "version": harness.ENGINE_VERSION,
+                          "llama_cpp_build": harness.LLAMA_CPP_BUILD}
+                meta: dict[str, Any] = {"scenario": name, "description": desc, "engine": engine,
                         "command": harness.show_models(harness.cli_equivalent(res.params), Path(tmp)),
                         "address_space_mib": cap, "exit_code": res.exit_code, "served_requests": res.served_requests,
                         "outcome": _outcome(res, draft),
