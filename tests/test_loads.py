@@ -329,3 +329,13 @@ def test_p99_is_a_task_at_least_99_percent_fit_in(sizes: list[int]) -> None:
     p = percentile(sizes, 99)
     assert p in sizes
     assert sum(1 for s in sizes if s <= p) >= 0.99 * len(sizes)
+
+
+def test_plain_server_start_is_checked_against_its_last_footprint(tmp_path: Path) -> None:
+    """Without llama-swap, a server starting a model that needed more than the device last time is flagged."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[ledger]\ncapacity = ["CPU=300"]\n')
+    log = (LEDGER / "mid-np4-c16k.log").read_bytes()  # 327 MiB measured
+    assert "overcommit" not in cli("--config", str(conf), stdin=log).stderr  # nothing measured before it
+    res = cli("--config", str(conf), stdin=log)
+    assert "Memory overcommit on CPU: mid.gguf needs 327 MiB (last measured) beside nothing else resident" in res.stderr
