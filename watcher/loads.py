@@ -93,6 +93,15 @@ cfg.SCHEMA["ledger"] = {
 }
 
 
+cfg.RANGES.update({
+    ("ledger", "keep_days"): (0, 36500),
+    ("ledger", "keep_loads"): (0, 10_000_000),
+    ("ledger", "regression_ratio"): (0, 1),
+    ("ledger", "regression_drop"): (0, 1),
+    ("ledger", "regression_window"): (1, 10_000_000),
+})
+
+
 def settings_from(conf: cfg.Config) -> Settings:
     """``[ledger]`` of the config; a bad value raises ``cfg.ConfigError`` naming the file and the key."""
     d = Settings()
@@ -101,15 +110,11 @@ def settings_from(conf: cfg.Config) -> Settings:
         capacity = parse_capacity(conf.get("ledger", "capacity", []), where=f"{where} capacity")
     except ValueError as exc:
         raise cfg.ConfigError(str(exc)) from exc
-    s = Settings(keep_days=float(conf.get("ledger", "keep_days", d.keep_days)),
-                 keep_loads=int(conf.get("ledger", "keep_loads", d.keep_loads)), capacity=capacity,
-                 regression_ratio=float(conf.get("ledger", "regression_ratio", d.regression_ratio)),
-                 regression_drop=float(conf.get("ledger", "regression_drop", d.regression_drop)),
-                 regression_window=int(conf.get("ledger", "regression_window", d.regression_window)))
-    for key in ("regression_ratio", "regression_drop"):
-        if not 0 <= getattr(s, key) <= 1:
-            raise cfg.ConfigError(f"{where} {key} must be between 0 and 1")
-    return s
+    return Settings(keep_days=float(conf.get("ledger", "keep_days", d.keep_days)),
+                    keep_loads=int(conf.get("ledger", "keep_loads", d.keep_loads)), capacity=capacity,
+                    regression_ratio=float(conf.get("ledger", "regression_ratio", d.regression_ratio)),
+                    regression_drop=float(conf.get("ledger", "regression_drop", d.regression_drop)),
+                    regression_window=int(conf.get("ledger", "regression_window", d.regression_window)))
 
 
 # -- the record --------------------------------------------------------------------------------------
