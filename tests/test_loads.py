@@ -172,12 +172,12 @@ def test_history_is_read_back_for_the_tracker(tmp_path: Path) -> None:
 
 
 def test_bad_capacity_in_config_is_a_usage_error(tmp_path: Path) -> None:
-    """A capacity that is not DEVICE=MiB exits 2 naming the file and the key."""
+    """A capacity that is not DEVICE=MiB exits 2 naming the file, the line and the key."""
     conf = tmp_path / "c.toml"
     conf.write_text('[ledger]\ncapacity = ["ROCm0 is big"]\n')
     res = cli("--config", str(conf), "scan", str(ENGINE / "spec-working-default.log"))
     assert res.status == 2
-    assert str(conf) in res.stderr and "capacity" in res.stderr and "ROCm0 is big" in res.stderr
+    assert f"{conf}:2: key ledger.capacity: 'ROCm0 is big' is not DEVICE=MiB" in res.stderr
 
 
 def test_record_of_carries_the_swap_name(cat: cat_mod.Catalogue) -> None:

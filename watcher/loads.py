@@ -105,9 +105,15 @@ cfg.RANGES.update({
 def settings_from(conf: cfg.Config) -> Settings:
     """``[ledger]`` of the config; a bad value raises ``cfg.ConfigError`` naming the file and the key."""
     d = Settings()
-    where = f"{conf.path}: [ledger]" if conf.path else "[ledger]"
+    where = "key ledger.capacity"
+    if conf.path is not None:
+        try:
+            line = cfg._line(conf.path.read_text(encoding="utf-8"), "ledger", "capacity")
+        except OSError:
+            line = 1
+        where = f"{conf.path}:{line}: {where}"
     try:
-        capacity = parse_capacity(conf.get("ledger", "capacity", []), where=f"{where} capacity")
+        capacity = parse_capacity(conf.get("ledger", "capacity", []), where=where)
     except ValueError as exc:
         raise cfg.ConfigError(str(exc)) from exc
     return Settings(keep_days=float(conf.get("ledger", "keep_days", d.keep_days)),
