@@ -147,6 +147,7 @@ class _Extra:
     baseline: tuple[float, int, list[int]] | None = None
     loaded: bool = False
     warned: bool = False
+    final: bool = False
     prompt_cache_mib: float | None = None
     prompt_cache_limit_mib: float | None = None
 
@@ -397,7 +398,8 @@ class LoadTracker:
         self.on_incident = on_incident
         self.history = history
         self.settings = settings or Settings()
-        self.mine = History()
+        #: This process's records by key, oldest first (the newest HISTORY_LOADS).
+        self._mine: dict[str, dict[str, Any]] = {}
         self.incidents: list[Incident] = []
         self._extra: dict[int, _Extra] = {}
         self._runs: dict[int, Run] = {}
@@ -480,8 +482,16 @@ class LoadTracker:
             self._dirty.add(rid)
         self.flush()
 
+    @property
+    def mine(self) -> History:
+        """This process's load records, oldest first."""
+        return History(list(self._mine.values()))
+
     def flush(self) -> None:
         """Build and hand over the records of the runs changed since the last flush."""
+        if not self._dirty:
+            return
+        latest = {id(s.runs[-1]) for s in getattr(self.stream, "streams", None) or [self.stream] if s.runs}
         for rid in sorted(self._dirty):
             run = self._runs.get(rid)
             if run is None:
@@ -490,7 +500,12 @@ class LoadTracker:
             rec = record_of(run, x, self.host)
             if not (rec["target"] or rec["memory"] or rec["tasks"]):
                 continue  # lines before any server (llama-swap's own chatter): no load to remember
-            self.mine.add(rec)
+            self._mine.pop(rec["key"], None)
+            self._mine[rec["key"]] = rec
+            if len(self._mine) > HISTORY_LOADS:
+                del self._mine[next(iter(self._mine))]
+            # A run that is no longer its stream's newest, or has exited, will not change again.
+            x.final = rid not in latest or run.phase == "exited"
             if self.emit is not None:
                 self.emit(rec)
         self._dirty.clear()
@@ -517,7 +532,7 @@ class LoadTracker:
         # A watcher that runs for months sees thousands of restarts; the oldest finished run's record is
         # written already (every new load flushes the others), so its bookkeeping can go.
         for rid in list(self._runs)[: len(self._runs) // 2]:
-            if self._runs[rid].phase in ("loading", "serving"):
+            if not self._extra[rid].final:
                 continue
             self._dirty.discard(rid)
             del self._runs[rid]
@@ -526,14 +541,14 @@ class LoadTracker:
     def _flush_others(self, run: Run) -> None:
         # A new load begins: the earlier runs of this stream have their final figures now.
         for rid, other in self._runs.items():
-            if other is not run:
+            if other is not run and not self._extra[rid].final:
                 self._dirty.add(rid)
         self.flush()
 
     def _records(self) -> list[dict[str, Any]]:
         prior = self.history() if self.history is not None else None
-        mine = {r["key"] for r in self.mine.records}
-        return [*(r for r in (prior.records if prior else []) if r.get("key") not in mine), *self.mine.records]
+        mine = self._mine
+        return [*(r for r in (prior.records if prior else []) if r.get("key") not in mine), *mine.values()]
 
     # -- memory_overcommit -----------------------------------------------------------------------
     def resident(self, exclude: Run | None = None) -> list[tuple[str, dict[str, float]]]:
