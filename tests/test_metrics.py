@@ -215,7 +215,7 @@ def test_memory_by_role_and_pair_acceptance() -> None:
     try:
         catalogue = cat.load([cat.default_dir()])
         a = Analyzer(catalogue, source="chat.log")
-        metrics.register(a)
+        sink.analyzer(a)
         a.feed((ROOT / "samples" / "ledger" / "mid-tiny-np2-c8k.log").read_bytes())
         a.finish()
         host, port = sink.address or ("", 0)
