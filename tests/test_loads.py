@@ -145,18 +145,22 @@ def env_for(tmp_path: Path) -> Environment:
 
 
 def test_a_locked_store_never_holds_up_the_analysis(tmp_path: Path) -> None:
-    """While another process holds the database, load records queue; they are written once it lets go."""
+    """While another process holds the database, load records queue (one per load, the newest snapshot); they
+    are written once it lets go."""
     path = tmp_path / "db.sqlite"
     sink = StoreSink(path, [], worker.Settings(), env_for(tmp_path))
     other = sqlite3.connect(str(path), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the recorder's write now waits; the caller must not
-    sink.load(rec("x"))  # returns at once: waiting here would deadlock with the lock this thread holds
+    sink.load(rec("x", ended="loading"))  # returns at once: waiting would deadlock with this thread's lock
+    sink.load(rec("y"))
+    sink.load(rec("x", ended="serving"))  # a newer snapshot of x, while the older one still waits
     written = other.execute("SELECT name FROM sqlite_master WHERE name = 'loads'").fetchall()
     assert not written or other.execute("SELECT count(*) FROM loads").fetchone() == (0,)
     other.execute("COMMIT")
     other.close()
     sink.close()
-    assert [r["key"] for r in LoadBook.open(path).records()] == ["x"]
+    got = {r["key"]: r["ended"] for r in LoadBook.open(path).records()}
+    assert got == {"x": "serving", "y": "serving"}  # two loads kept apart, each at its newest
 
 
 def test_history_is_read_back_for_the_tracker(tmp_path: Path) -> None:
