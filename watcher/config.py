@@ -48,6 +48,14 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "listen": ((str,), "HOST:PORT to serve Prometheus metrics on (same as --metrics-listen)"),
         "allow_remote": ((bool,), "allow a non-loopback metrics address (same as --metrics-allow-remote)"),
     },
+    "ledger": {
+        "keep_days": ((float, int), "days a load record is kept (0: no age limit)"),
+        "keep_loads": ((int,), "load records kept at most, newest first (0: no count limit)"),
+        "capacity": ((list,), "device memory as 'DEVICE=MiB' (or GiB), for devices whose logs do not say it"),
+        "regression_ratio": ((float, int), "acceptance_regressed: window acceptance under this share of the baseline"),
+        "regression_drop": ((float, int), "acceptance_regressed: and at least this much lower (0-1)"),
+        "regression_window": ((int,), "acceptance_regressed: drafted tokens compared (and the least a baseline holds)"),
+    },
 }
 
 
@@ -62,6 +70,11 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("notify", "repeat"): (0, 30 * 86400),
     ("notify", "backoff"): (0.01, 86400),
     ("notify", "backoff_max"): (0.01, 86400),
+    ("ledger", "keep_days"): (0, 36500),
+    ("ledger", "keep_loads"): (0, 10_000_000),
+    ("ledger", "regression_ratio"): (0, 1),
+    ("ledger", "regression_drop"): (0, 1),
+    ("ledger", "regression_window"): (1, 10_000_000),
 }
 
 

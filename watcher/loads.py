@@ -83,25 +83,6 @@ class Settings:
     regression_window: int = 512
 
 
-cfg.SCHEMA["ledger"] = {
-    "keep_days": ((float, int), "days a load record is kept (0: no age limit)"),
-    "keep_loads": ((int,), "load records kept at most, newest first (0: no count limit)"),
-    "capacity": ((list,), "device memory as 'DEVICE=MiB' (or GiB), for devices whose logs do not say it"),
-    "regression_ratio": ((float, int), "acceptance_regressed: window acceptance under this share of the baseline"),
-    "regression_drop": ((float, int), "acceptance_regressed: and at least this much lower (0-1)"),
-    "regression_window": ((int,), "acceptance_regressed: drafted tokens compared (and the least a baseline holds)"),
-}
-
-
-cfg.RANGES.update({
-    ("ledger", "keep_days"): (0, 36500),
-    ("ledger", "keep_loads"): (0, 10_000_000),
-    ("ledger", "regression_ratio"): (0, 1),
-    ("ledger", "regression_drop"): (0, 1),
-    ("ledger", "regression_window"): (1, 10_000_000),
-})
-
-
 def settings_from(conf: cfg.Config) -> Settings:
     """``[ledger]`` of the config; a bad value raises ``cfg.ConfigError`` naming the file and the key."""
     d = Settings()

@@ -130,7 +130,10 @@ class StoreSink:
             self._book = LoadBook(store.conn)
             self._history = History(self._book.records(HISTORY_LOADS))
         except Exception as exc:  # noqa: BLE001 - advice only: without history the warnings use this process's loads
-            self._log(f"specwatch: earlier loads not read (overcommit and regression warnings use this run's): {exc}")
+            # A locked or full database is said once by the recorder, which keeps retrying the writes.
+            if not db.transient(exc):
+                self._log(f"specwatch: earlier loads not read (overcommit and regression warnings use this "
+                          f"run's): {exc}")
         finally:
             self._history_read.set()
 
