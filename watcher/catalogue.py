@@ -13,6 +13,9 @@ from typing import Any
 import regex
 
 from watcher.events import FIELD_TYPES
+from watcher.relay import Relay, RelayExample, Relays, compile_relay
+
+__all__ = ["Catalogue", "CatalogueError", "Example", "Pattern", "Relay", "RelayExample", "Relays", "load"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -144,6 +147,13 @@ class Catalogue:
     files: tuple[str, ...]
     #: The run's record of slow patterns (see SlowPatterns); commands point its ``say`` at stderr.
     slow: SlowPatterns = field(default_factory=SlowPatterns, compare=False, repr=False)
+    #: Wrappers around llama.cpp's lines (docker compose, journald, LocalAI...), stripped before matching.
+    relays: tuple[Relay, ...] = ()
+
+    @property
+    def relay(self) -> Relays:
+        """The relay stage over this catalogue's relays."""
+        return Relays(self.relays)
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -184,18 +194,24 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
     if not files:
         raise CatalogueError("no pattern files found")
     patterns: list[Pattern] = []
+    relays: list[Relay] = []
     ids: dict[str, str] = {}
     shipped = default_dir().resolve()
     for f in files:
-        for pat in _load_file(f, f.resolve().parent == shipped):
-            if pat.id in ids:
-                raise CatalogueError(f"{f.name}: pattern {pat.id!r}: id already used in {ids[pat.id]}")
-            ids[pat.id] = f.name
-            patterns.append(pat)
-    return Catalogue(tuple(patterns), tuple(str(f) for f in files))
+        for item in _load_file(f, f.resolve().parent == shipped):
+            kind = "pattern" if isinstance(item, Pattern) else "relay"
+            key = f"{kind}:{item.id}"
+            if key in ids:
+                raise CatalogueError(f"{f.name}: {kind} {item.id!r}: id already used in {ids[key]}")
+            ids[key] = f.name
+            if isinstance(item, Pattern):
+                patterns.append(item)
+            else:
+                relays.append(item)
+    return Catalogue(tuple(patterns), tuple(str(f) for f in files), relays=tuple(relays))
 
 
-def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern]:
+def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -209,6 +225,12 @@ def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern]:
         raise CatalogueError(f"{path.name}: 'pattern' must be an array of tables ([[pattern]])")
     for n, entry in enumerate(entries, 1):
         yield _compile(path.name, n, origin, entry, shipped)
+    relays = data.get("relay", [])
+    if not isinstance(relays, list):
+        raise CatalogueError(f"{path.name}: 'relay' must be an array of tables ([[relay]])")
+    for n, entry in enumerate(relays, 1):
+        where = f"{path.name}: relay {str(entry.get('id', f'#{n}'))!r}"
+        yield compile_relay(where, origin, entry, CatalogueError)
 
 
 def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bool = False) -> Pattern:

@@ -1,4 +1,5 @@
-"""Records to events: try only the patterns whose anchor occurs in the line; the first match wins."""
+"""Records to events: strip known relays, then try only the patterns whose anchor occurs in the line; the
+first match wins."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ class Classifier:
         order = {p.id: i for i, p in enumerate(catalogue.patterns)}
         self._index = [(a, ps) for a, ps in catalogue.by_anchor().items()]
         self._order = order
+        self._relay = catalogue.relay
+
+    def unwrap(self, record: Record) -> Record:
+        """The record with its relays' wrappers removed (itself when it had none)."""
+        text = self._relay.unwrap(record.text)
+        return record if text is record.text else Record(text, record.lineno, record.source)
 
     def candidates(self, text: str) -> list[Pattern]:
         """Patterns worth trying on ``text``, in catalogue order."""
@@ -29,7 +36,8 @@ class Classifier:
         return sorted(found.values(), key=lambda p: self._order[p.id])
 
     def classify(self, record: Record) -> Event | None:
-        """The event of the first pattern matching ``record``, if any."""
+        """The event of the first pattern matching ``record`` (unwrapped), if any."""
+        record = self.unwrap(record)
         for p in self.candidates(record.text):
             fields = self._try(p, record)
             if fields is not None:
@@ -38,7 +46,8 @@ class Classifier:
 
     def matches(self, record: Record) -> list[Pattern]:
         """Every pattern matching ``record`` (for ``patterns test`` and the catalogue's own tests)."""
-        return [p for p in self.candidates(record.text) if self._try(p, record) is not None]
+        rec = self.unwrap(record)
+        return [p for p in self.candidates(rec.text) if self._try(p, rec) is not None]
 
     def _try(self, p: Pattern, record: Record) -> dict[str, Any] | None:
         slow = self.catalogue.slow
