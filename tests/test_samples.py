@@ -28,19 +28,12 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "lmstudio-2229-mtp-as-plain-draft-spec-batch":
         "reported as spec_runtime_error (its hint names the Gemma4Assistant head and --spec-type draft-mtp): "
         "a correctly configured MTP assistant hitting a batch bug logs the same lines, so the kind stays",
-    "ik-llama-2366-dflash-draft-decode-fail":
-        "ik_llama fork wording (DFlash K/V scheduler, DFlash draft decode failure) not in the catalogue; the "
-        "corpus keeps those lines unrecognised",
     "llamacpp-24758-gemma4-mtp-ctx-oom-silently-disabled":
         "a 5-line excerpt: nothing between the fit probe line and the allocation failure says whose context "
         "failed (a full log has the draft/MTP load line before it), so it reads as the target's",
     "lmstudio-441-draft-load-invalid-vector-2025":
         "a model load failure with no 'loading draft model' line before it: that the failing 0.5B model is the "
         "draft is known from the report, not from the log; no kind says 'some model failed to load'",
-    "ollama-11733-metal-2025-gallocr-no-draft":
-        "two lines of ollama's summary: the Metal compute-buffer failure is there but no llama.cpp context or "
-        "load failure follows it, and an allocation failure alone can be retried by llama.cpp (pipeline "
-        "parallelism, fitting), so it is not called the target's out of memory",
     # The issue-13 corpus (samples/public, labelled from each thread before specwatch ran on it).
     "continue-11223-ollama-cuda-host-buffer-fail":
         "an allocation failure relayed by ollama with nothing after it: not yet concluded from partial evidence",

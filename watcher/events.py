@@ -47,8 +47,10 @@ FIELD_TYPES: dict[str, type] = {
     "server": str,
     "cmd": str,
     "detail": str,
-    # Why a failure happened, as a pattern ``set``s it (``spec_type_without_draft``...): hints key on it.
+    # Why a failure happened, in a fixed vocabulary the state rules and hints read (memory, missing_file,
+    # bad_gguf, unknown_arch, vocab, index_error, ...): set by the pattern, never guessed from the text.
     "cause": str,
+    # The architecture named by an "unknown model architecture" or "requires ctx_other" message.
     "arch": str,
     # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
     # ``model``: the demux in watcher/swap.py keys per-model state on it.

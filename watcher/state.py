@@ -96,6 +96,12 @@ class Run:
     memory_notes: list[Event] = field(default_factory=list)
     #: Per-step acceptance counted into drafted/accepted (until a per-task summary line replaces it).
     step_counts: bool = False
+    #: How many of ``ledger.failures`` an incident (or a retry) already accounts for; the rest are allocation
+    #: failures nothing has reported yet (an excerpt that ends there, or a server that goes on serving).
+    failures_reported: int = 0
+    #: The target's own context exists: slots are being set up. A context or allocation failure after this,
+    #: while loading with a draft configured, is the draft's (its contexts are created per slot, after).
+    target_ctx_ready: bool = False
     incidents: dict[str, Incident] = field(default_factory=dict)
     _slot_events: set[tuple[int, str]] = field(default_factory=set)
     last_line: int = 0
@@ -266,6 +272,7 @@ class Stream:
             self._apply(self.run, pending)
         for run in self.runs:
             self._check_mtp_unavailable(run)
+            self._conclude_unreported(run, "the log ends there")
             self._check_absence(run)
             self._check_draft_placement(run)
 
@@ -280,8 +287,20 @@ class Stream:
 
     def _on_model_meta(self, run: Run, ev: Event) -> None:
         path = ev.get("model")
+        if run.role != "draft" and path and _same_file(path, run.draft_model):
+            # The draft named by the command line or the host's options is the model now loading.
+            run.role = "draft"
+        elif (run.role != "draft" and path and run.target_model and not run.inherited_model
+              and not _same_file(path, run.target_model) and run.phase == "loading" and not run.draft_model):
+            # A second model loaded by the same process before it serves: llama.cpp loads the target first and
+            # then the draft (server before b4164's log line, llama-speculative and -simple of 2023 to now).
+            run.role = "draft"
+            run.draft_model = path
+            run.spec_requested = True
+            run.spec_mode = run.spec_mode or "draft"
         if run.role == "draft":
             run.draft_model = run.draft_model or path
+            run.spec_requested = True
         elif not run.target_model or run.inherited_model:
             run.target_model, run.inherited_model = path, False
 
@@ -297,6 +316,12 @@ class Stream:
         run.spec_requested = True
         run.spec_mode = "mtp"
         run.draft_model = run.draft_model or (f"MTP head of {ev.get('model')}" if ev.get("model") else "MTP head")
+
+    def _on_spec_setup(self, run: Run, ev: Event) -> None:
+        # The speculative set-up is under way: what is allocated next while loading is the draft's.
+        if run.phase == "loading":
+            run.role = "draft"
+            run.spec_requested = True
 
     def _on_spec_impl_added(self, run: Run, ev: Event) -> None:
         run.spec_requested = True
@@ -327,8 +352,11 @@ class Stream:
             run.ledger.estimated["draft"] = ev.get("mib")
 
     def _on_alloc_retry(self, run: Run, ev: Event) -> None:
-        # Recoverable (llama.cpp retries with less); only worth showing beside a failure that follows.
+        # Recoverable (llama.cpp retries with less); only worth showing beside a failure that follows. The
+        # allocation failures just before it are the ones being retried: nothing is left to conclude from them.
         run.memory_notes = [*run.memory_notes[-3:], ev]
+        if ev.type == "alloc_retry":
+            run.failures_reported = len(run.ledger.failures)
 
     _on_alloc_warning = _on_alloc_retry
 
@@ -340,6 +368,7 @@ class Stream:
     def _on_model_loaded(self, run: Run, ev: Event) -> None:
         run.phase = "serving"
         run.in_fit_probe = False
+        self._conclude_unreported(run, f"the server went on to serve (line {ev.record.lineno})")
         self._finalise_load(run)
 
     def _on_load_exit(self, run: Run, ev: Event) -> None:
@@ -379,15 +408,20 @@ class Stream:
         if mib is None and ev.get("mb") is not None:
             mib = ev.get("mb") * 1e6 / (1024 * 1024)
         prev = run.ledger.failures[-1] if run.ledger.failures else None
+        role = self._failing_role(run)
         # One allocation fails through a chain (backend -> allocator -> context); keep it once.
-        if prev and prev.role == run.role and ln_close(prev.lineno, ev.record.lineno) and (
+        if prev and prev.role == role and ln_close(prev.lineno, ev.record.lineno) and (
             prev.mib is None or mib is None or abs(prev.mib - mib) < 1
         ):
             if prev.device == "?" or (prev.device.startswith(("CUDA", "ROCm")) and dev != "?"):
                 prev.device = dev if dev != "?" else prev.device
             prev.mib = prev.mib or mib
+            if ev.get("kind") == "model":
+                prev.what = "model"
+            if ev.get("reason"):
+                run.recent_errors.append(ev)  # a chain line that says why is worth showing
             return
-        run.ledger.failures.append(Failure(run.role, dev, mib, ev.get("kind", "unknown"), ev.record.lineno))
+        run.ledger.failures.append(Failure(role, dev, mib, ev.get("kind", "unknown"), ev.record.lineno))
         run.recent_errors.append(ev)
 
     def _on_alloc_error(self, run: Run, ev: Event) -> None:
@@ -409,6 +443,7 @@ class Stream:
 
     # -- handlers: slots --------------------------------------------------------------------------
     def _on_slots_init(self, run: Run, ev: Event) -> None:
+        run.target_ctx_ready = True
         run.n_slots = ev.get("n_slots", run.n_slots)
         run.n_ctx_slot = ev.get("n_ctx", run.n_ctx_slot)
         run.role = "target"
@@ -418,6 +453,7 @@ class Stream:
                 s.n_ctx = s.n_ctx or run.n_ctx_slot
 
     def _on_slot_new(self, run: Run, ev: Event) -> None:
+        run.target_ctx_ready = True
         run.role = "target"
         if ev.get("slot") is not None:
             run.slot(ev.get("slot")).n_ctx = ev.get("n_ctx")
@@ -580,7 +616,15 @@ class Stream:
             # "requires ctx_other" exception right before it is that context's cause, not a fit probe.
             self._draft_head_failed(run, ev, cause)
             return
-        if run.role == "draft":
+        path = ev.get("model")
+        if (path and _same_file(path, run.draft_model) and not _same_file(path, run.target_model)) or (
+                not path and self._failing_role(run) == "draft"):
+            self._on_draft_context_failed(run, ev)
+        elif path and _same_file(path, run.target_model):
+            if any(f.role == "target" for f in run.ledger.failures):
+                inc = self._incident(run, "main_model_oom", ev, reason="target context did not fit")
+                self._attach_errors(run, inc, role="target")
+        elif run.role == "draft":
             self._on_draft_context_failed(run, ev)
         elif any(f.role == "target" for f in run.ledger.failures):
             inc = self._incident(run, "main_model_oom", ev, reason="target context did not fit")
@@ -661,6 +705,7 @@ class Stream:
 
     # -- handlers: serving ----------------------------------------------------------------------
     def _on_task_timing(self, run: Run, ev: Event) -> None:
+        self._conclude_unreported(run, f"the server went on serving (line {ev.record.lineno})")
         if run.phase == "loading":
             run.phase = "serving"
             self._finalise_load(run)
@@ -727,7 +772,7 @@ class Stream:
                     inc.resolution = f"speculation works again in run {run.ordinal} (line {ev.record.lineno})"
                     self._changed(inc)
         for inc in run.incidents.values():
-            if inc.confidence == "inferred" and inc.status == "open":
+            if inc.confidence == "inferred" and inc.status == "open" and inc.kind != "main_model_oom":
                 inc.status = "resolved"
                 inc.resolved_line = ev.record.lineno
                 inc.resolution = "draft statistics appeared after all"
@@ -852,6 +897,43 @@ class Stream:
                                  reason=f"target offloaded {t[0]}/{t[1]} layers, draft 0/{d[1]}")
             inc.server_state = "serving"
 
+    def _failing_role(self, run: Run) -> str:
+        """Whose allocation or context this is, from the sequence: once the target's context exists (slots
+        are being set up) and a draft is configured, what is still being created while loading is the draft's
+        (per-slot draft contexts: b4164-b7199 in the server's init, b7864-b9108 in common_speculative_init)."""
+        if run.role == "target" and run.target_ctx_ready and run.phase == "loading" and (
+                run.draft_model or run.spec_requested):
+            return "draft"
+        return run.role
+
+    def _conclude_unreported(self, run: Run, after: str) -> None:
+        """Allocation failures that no failure line reported, followed by ``after`` (the end of the log, or
+        serving): the model or context they belonged to did not get its memory. Inferred, and said so."""
+        pending = run.ledger.failures[run.failures_reported:]
+        if not pending or run.in_fit_probe:
+            return
+        f = pending[-1]
+        if f.role == "draft":
+            kind = "draft_load_failed" if f.what == "model" else "draft_context_failed"
+        else:
+            kind = "main_model_oom"
+        if kind in run.incidents:
+            # Already reported (or resolved as someone else's) for this run: the same failure told again.
+            run.failures_reported = len(run.ledger.failures)
+            return
+        where = f" on {f.device}" if f.device != "?" else ""
+        what = "weights" if f.what == "model" else "memory"
+        owner = "the draft" if f.role == "draft" else "the target"
+        inc = self._incident(run, kind, None, reason=f"out of memory: {owner}'s {what} could not be allocated{where}")
+        inc.confidence = "inferred"
+        inc.extra["cause"] = "memory"
+        inc.extra["inferred_from"] = f"allocation failure at line {f.lineno}, then {after}; no failure line followed"
+        if run.phase == "serving":
+            inc.server_state = "serving" if kind == "main_model_oom" else "serving_without_speculation"
+        inc.first_line = inc.first_line or f.lineno
+        self._attach_errors(run, inc, role=f.role)
+        self._changed(inc)
+
     # -- incident helpers -----------------------------------------------------------------------
     def _incident(self, run: Run, kind: str, ev: Event | None, reason: str = "",
                   severity: str = "critical") -> Incident:
@@ -922,6 +1004,7 @@ class Stream:
     def _attach_errors(self, run: Run, inc: Incident, role: str | None = None) -> None:
         """Bring in the allocation failure that caused this, with its device and size."""
         fails = [f for f in run.ledger.failures if role is None or f.role == role]
+        run.failures_reported = len(run.ledger.failures)
         if fails:
             f = fails[-1]
             inc.device = inc.device or (f.device if f.device != "?" else None)
@@ -967,6 +1050,11 @@ def _head_arch(reason: str | None) -> str | None:
         return None
     head = reason.split(" requires ctx_other", 1)[0].split(":")[-1].strip()
     return head or None
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Two paths name the same model file (hosts print it with other separators or directories)."""
+    return bool(a) and bool(b) and basename(a) == basename(b)
 
 
 def _needs_target_ctx(reason: str | None) -> bool:
