@@ -52,6 +52,8 @@ FIELD_TYPES: dict[str, type] = {
     "cause": str,
     # The architecture named by an "unknown model architecture" or "requires ctx_other" message.
     "arch": str,
+    # Whose line this is when the line itself says so ("draft": a draft-only architecture, for example).
+    "role": str,
     # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
     # ``model``: the demux in watcher/swap.py keys per-model state on it.
     "swap_model": str,

@@ -120,7 +120,7 @@ class Run:
             return "failed" if self.spec_requested else "off"
         if self.spec_confirmed:
             return "on"
-        if not self.spec_requested and not self.spec_expected:
+        if not self.spec_requested and not self.spec_expected and not self.draft_model:
             return "not_configured"
         return "unknown"
 
@@ -310,6 +310,23 @@ class Stream:
         run.spec_requested = True
         run.spec_mode = run.spec_mode or "draft"
         run.draft_event = ev
+        self._resolve(run, "spec_disabled", ev, "a draft model is loading after all", cause="no_draft")
+
+    def _on_launch_args(self, run: Run, ev: Event) -> None:
+        # A command line or option dump: it names the draft before (or instead of) any draft line.
+        draft = ev.get("draft_model")
+        if draft:
+            run.draft_model = run.draft_model or draft
+        impl = ev.get("impl")
+        if impl:
+            run.spec_mode = run.spec_mode or impl
+        if impl and not draft and not run.draft_model:
+            # A draft speculative type with no draft model: llama.cpp drops it, on some builds without a word.
+            inc = self._incident(run, "spec_disabled", ev, severity="warning",
+                                 reason=f"--spec-type {impl} needs a draft model (-md), and none is given")
+            inc.confidence = "inferred"
+            inc.extra["cause"] = "no_draft"
+            inc.extra["inferred_from"] = f"the command line (line {ev.record.lineno}) names no draft model"
 
     def _on_mtp_ctx_create(self, run: Run, ev: Event) -> None:
         run.role = "draft"
@@ -439,7 +456,17 @@ class Stream:
 
     _on_ctx_init_failed = _on_alloc_error
     _on_vocab_mismatch = _on_alloc_error
-    _on_model_file_error = _on_alloc_error
+
+    def _on_model_file_error(self, run: Run, ev: Event) -> None:
+        if run.in_fit_probe:
+            return
+        if ev.get("role") == "draft" and run.role != "draft":
+            # The file is of a draft-only architecture (DFlash, DSpark, EAGLE-3, an MTP/assistant head): whatever
+            # loads it is loading a draft, even where no draft line came before.
+            run.role = "draft"
+            run.spec_requested = True
+            run.spec_mode = run.spec_mode or "draft"
+        run.recent_errors.append(ev)
 
     # -- handlers: slots --------------------------------------------------------------------------
     def _on_slots_init(self, run: Run, ev: Event) -> None:
@@ -755,6 +782,16 @@ class Stream:
         run.spec_mode = run.spec_mode or ev.get("impl")
 
     # -- conclusions ----------------------------------------------------------------------------
+    def _resolve(self, run: Run, kind: str, ev: Event, why: str, cause: str) -> None:
+        """Resolve this run's open ``kind`` incident of this cause: a later line showed it was not so."""
+        inc = run.incidents.get(kind)
+        if inc is None or inc.status != "open" or inc.extra.get("cause") != cause:
+            return
+        inc.status = "resolved"
+        inc.resolved_line = ev.record.lineno
+        inc.resolution = f"{why} (line {ev.record.lineno})"
+        self._changed(inc)
+
     def _confirm(self, run: Run, ev: Event) -> None:
         if run.spec_confirmed:
             return
