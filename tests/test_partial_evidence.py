@@ -167,3 +167,46 @@ def test_relayed_ollama_cause_is_read(cat: Catalogue) -> None:
     incs = open_incidents(feed(cat, "Error: llama runner process has terminated: error loading model: unable to "
                                     "allocate CUDA0 buffer"))
     assert [(i.kind, i.device) for i in incs] == [("main_model_oom", "CUDA0")]
+
+
+def test_fitting_ends_at_the_warm_up_even_without_its_end_line(cat: Catalogue) -> None:
+    """From b9151 the fit's end line is hidden at default verbosity: the warm-up of the real context ends the
+    probe, so the draft's allocation failure after it is reported (engine sample b9538 draft-kv-oom)."""
+    incs = open_incidents(feed(
+        cat, LOAD_TARGET, FIT_START,
+        "0.00.218.582 I common_params_fit_impl: projected to use 640 MiB of host memory vs. 24105 MiB of total host "
+        "memory",
+        "0.00.583.190 I common_init_from_params: warming up the model with an empty run - please wait ... "
+        "(--no-warmup to disable)",
+        "0.00.603.528 I srv    load_model: loading draft model '/models/wide-kv.gguf'",
+        "0.00.727.348 E ggml_aligned_malloc: insufficient memory (attempted to allocate 131072.00 MB)",
+        "0.00.727.387 E alloc_tensor_range: failed to allocate CPU buffer of size 137438953472"))
+    assert [(i.kind, i.confidence, i.device) for i in incs] == [("draft_context_failed", "inferred", "CPU")]
+
+
+def test_draft_implementation_without_a_draft_context_is_spec_disabled(cat: Catalogue) -> None:
+    """'ctx_dft=no' in a draft implementation's set-up: --spec-type draft-simple was given without -md."""
+    incs = open_incidents(feed(
+        cat, LOAD_TARGET, "0.00.015.512 I srv    load_model: initializing slots, n_slots = 1",
+        "0.00.015.629 I common_speculative_impl_draft_simple: adding speculative implementation 'draft-simple'",
+        "0.00.015.677 I common_speculative_impl_draft_simple: - gpu_layers=-1, cache_k=f16, cache_v=f16, ctx_tgt=no, "
+        "ctx_dft=no, devices=[default]"))
+    assert [(i.kind, i.confidence) for i in incs] == [("spec_disabled", "certain")]
+
+
+def test_vocabulary_mismatch_with_nothing_after_it_is_draft_incompatible(cat: Catalogue) -> None:
+    """The 2023 speculative example stops at its vocabulary check: the mismatch alone says the draft cannot
+    serve this target (inferred); a BOS/EOS warning alone, on which speculation goes on, says nothing."""
+    incs = open_incidents(feed(cat, "main: error: draft model vocab must match target model to use speculation but "
+                                    "target vocab size 152064 does not match draft vocab size 32002"))
+    assert [(i.kind, i.confidence) for i in incs] == [("draft_incompatible", "inferred")]
+    assert open_incidents(feed(cat, "common_speculative_are_compatible: draft model bos tokens must match target "
+                                    "model to use speculation. add: 0 - 1, id: 151643 - 128000)")) == []
+
+
+def test_ollama_bare_cudamalloc_cause_is_the_targets_oom(cat: Catalogue) -> None:
+    """ollama's scheduler line quoting the runner's 'cudaMalloc failed: out of memory' is the target's OOM."""
+    incs = open_incidents(feed(cat, 'time=2025-06-05T17:54:37.891-05:00 level=ERROR source=sched.go:489 '
+                                    'msg="error loading llama server" error="llama runner process has terminated: '
+                                    'cudaMalloc failed: out of memory"'))
+    assert [(i.kind, i.confidence) for i in incs] == [("main_model_oom", "inferred")]

@@ -35,41 +35,15 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
         "a model load failure with no 'loading draft model' line before it: that the failing 0.5B model is the "
         "draft is known from the report, not from the log; no kind says 'some model failed to load'",
     # The issue-13 corpus (samples/public, labelled from each thread before specwatch ran on it).
-    "continue-11223-ollama-cuda-host-buffer-fail":
-        "an allocation failure relayed by ollama with nothing after it: not yet concluded from partial evidence",
     "gpustack-1455-llama-box-md-crash-first-request":
         "llama-box names the draft only in its 'arguments :' dump and crashes on the first request: the draft "
         "from an option dump is not read yet",
-    "llamacpp-16646-metal-b6473-status5-inline":
-        "Metal's command-buffer 'status 5' / Insufficient Memory with nothing after it is not concluded yet",
-    "llamacpp-29270-vulkan-asahi-b11059-alloc-fail":
-        "a Vulkan allocation failure with nothing after it is not concluded yet",
-    "llamacpp-3199-cuda-error2-2023-b1233":
-        "the 2023 'CUDA error 2 at ggml-cuda.cu:N: out of memory' wording is not recognised yet",
-    "llamacpp-8492-vulkan-2024-mesa-alloc-fail-quoted":
-        "a Vulkan allocation failure with nothing after it is not concluded yet",
-    "llamacpp-pr3812-speculative-vocab-mismatch-2023":
-        "the 2023 speculative example's vocabulary mismatch wording is not recognised yet",
-    "llamafile-pr881-metal-warmup-oom-2026":
-        "a Metal out-of-memory during warm-up with nothing after it is not concluded yet",
     "lmstudio-2244-mtp-head-as-simple-draft-segv":
         "an MTP head loaded as a plain draft, then a segfault: not recognised yet",
     "localai-9371-grpc-spec-no-impl-2026":
         "LocalAI's relayed 'no implementations specified' with a draft in its options is not read yet",
-    "ollama-10553-runner-terminated-cudamalloc-2025":
-        "ollama's 'llama runner process has terminated: ... cudaMalloc failed' relay is not read yet",
     "ollama-17003-docker-gemma4-mtp-ctx-other-terminated":
         "an MTP context failure relayed by ollama in docker is not read yet",
-    "ollama-3237-win-cuda-pool-vmm-oom-2024":
-        "the CUDA VMM pool out-of-memory relayed by ollama is not concluded yet",
-    "ollama-3765-rocm-hipmalloc-oom-cli-2024":
-        "a hipMalloc failure relayed by ollama's CLI error is not concluded yet",
-    "ollama-6257-metal-2024-status5-repeated":
-        "Metal's 'status 5' repeated with nothing else is not concluded yet",
-    "ollama-9782-cli-qwen3-gallocr-cuda0-oom":
-        "a CUDA0 compute-buffer failure in ollama's CLI error is not concluded yet",
-    "textgen-4890-colab-cuda-error2-2023":
-        "the 2023 'CUDA error 2 ... out of memory' wording is not recognised yet",
     "unsloth-llamacpp-pr144-mtp-head-borrow-shared-fail":
         "a fork's MTP-head load failure wording is not recognised yet",
     # Older llama.cpp builds recorded by the engine matrix (samples/engine/<build>/).
@@ -81,17 +55,9 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
        "--spec-type draft without a draft model: nothing is loaded and the build says nothing at default "
        "verbosity; verbose only has 'speculative decoding context not initialized' with no draft in the run"
        for v in ("default", "verbose")},
-    "b8672/target-kv-oom-verbose":
-        "the process segfaults right after the target's KV allocation failure; the log ends there, and an "
-        "allocation failure alone is not yet concluded to be fatal",
-    **{f"b9538/draft-kv-oom-{v}":
-       "the process segfaults right after the draft's KV allocation failure; the log ends there, and an "
-       "allocation failure alone is not yet concluded to be fatal"
-       for v in ("default", "verbose")},
-    **{f"{b}/spec-type-without-draft-{v}":
-       "--spec-type draft-simple without a draft model segfaults right after 'adding speculative implementation "
-       "draft-simple'; nothing in the log says the draft is missing"
-       for b in ("b9538", "b10229") for v in ("default", "verbose")},
+    "b10229/spec-type-without-draft-default":
+        "--spec-type draft-simple without a draft model: at default verbosity this build prints nothing of the "
+        "speculative set-up (its 'ctx_dft=no' line is a trace line) and segfaults at the first request",
 }
 
 

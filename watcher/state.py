@@ -102,6 +102,8 @@ class Run:
     #: The target's own context exists: slots are being set up. A context or allocation failure after this,
     #: while loading with a draft configured, is the draft's (its contexts are created per slot, after).
     target_ctx_ready: bool = False
+    #: A vocabulary mismatch no failure line has reported yet (the 2023 example exits right after it).
+    vocab_pending: Event | None = None
     incidents: dict[str, Incident] = field(default_factory=dict)
     _slot_events: set[tuple[int, str]] = field(default_factory=set)
     last_line: int = 0
@@ -305,6 +307,7 @@ class Stream:
             run.target_model, run.inherited_model = path, False
 
     def _on_draft_loading(self, run: Run, ev: Event) -> None:
+        run.in_fit_probe = False  # fitting probes the draft's memory, it never loads it for real
         run.role = "draft"
         run.draft_model = ev.get("model") or run.draft_model
         run.spec_requested = True
@@ -349,6 +352,10 @@ class Stream:
         run.in_fit_probe = True
 
     def _on_fit_done(self, run: Run, ev: Event) -> None:
+        run.in_fit_probe = False
+
+    def _on_warmup(self, run: Run, ev: Event) -> None:
+        # A real context is being warmed up: fitting is over even where its end line is not printed.
         run.in_fit_probe = False
 
     def _on_fit_probe_note(self, run: Run, ev: Event) -> None:
@@ -455,7 +462,20 @@ class Stream:
         run.recent_errors.append(ev)
 
     _on_ctx_init_failed = _on_alloc_error
-    _on_vocab_mismatch = _on_alloc_error
+
+    def _on_vocab_mismatch(self, run: Run, ev: Event) -> None:
+        run.recent_errors.append(ev)
+        if ev.get("cause") == "vocab":
+            run.vocab_pending = ev
+
+    def _on_spec_no_draft(self, run: Run, ev: Event) -> None:
+        # A draft implementation with no draft context: a draft --spec-type and no draft model.
+        run.spec_requested = True
+        inc = self._incident(run, "spec_disabled", ev,
+                             reason="a draft speculative type is enabled but no draft model is loaded (no -md)")
+        inc.extra["cause"] = "no_draft"
+        if run.phase != "exited":
+            inc.server_state = "serving_without_speculation"
 
     def _on_model_file_error(self, run: Run, ev: Event) -> None:
         if run.in_fit_probe:
@@ -471,6 +491,7 @@ class Stream:
     # -- handlers: slots --------------------------------------------------------------------------
     def _on_slots_init(self, run: Run, ev: Event) -> None:
         run.target_ctx_ready = True
+        run.in_fit_probe = False
         run.n_slots = ev.get("n_slots", run.n_slots)
         run.n_ctx_slot = ev.get("n_ctx", run.n_ctx_slot)
         run.role = "target"
@@ -946,6 +967,16 @@ class Stream:
     def _conclude_unreported(self, run: Run, after: str) -> None:
         """Allocation failures that no failure line reported, followed by ``after`` (the end of the log, or
         serving): the model or context they belonged to did not get its memory. Inferred, and said so."""
+        vocab, run.vocab_pending = run.vocab_pending, None
+        if vocab is not None and not run.incidents:
+            # The draft's vocabulary cannot serve this target, and nothing said what became of it.
+            inc = self._incident(run, "draft_incompatible", vocab,
+                                 reason=vocab.get("reason") or "vocabulary mismatch")
+            inc.confidence = "inferred"
+            inc.extra["cause"] = "vocab"
+            inc.extra["inferred_from"] = (f"vocabulary mismatch at line {vocab.record.lineno}, then {after}; "
+                                          "no failure or translation line followed")
+            self._attach_errors(run, inc)
         pending = run.ledger.failures[run.failures_reported:]
         if not pending or run.in_fit_probe:
             return
@@ -1042,6 +1073,7 @@ class Stream:
         """Bring in the allocation failure that caused this, with its device and size."""
         fails = [f for f in run.ledger.failures if role is None or f.role == role]
         run.failures_reported = len(run.ledger.failures)
+        run.vocab_pending = None
         if fails:
             f = fails[-1]
             inc.device = inc.device or (f.device if f.device != "?" else None)
