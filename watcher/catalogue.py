@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,10 +13,10 @@ from typing import Any
 
 import regex
 
-from watcher.events import FIELD_TYPES
+from watcher.events import CAUSES, EVENTS, FIELD_TYPES
 from watcher.relay import Relay, RelayExample, Relays, compile_relay
 
-__all__ = ["Catalogue", "CatalogueError", "Example", "Pattern", "Relay", "RelayExample", "Relays", "load"]
+__all__ = ["Catalogue", "CatalogueError", "Cause", "Example", "Pattern", "Relay", "RelayExample", "Relays", "load"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,6 +141,29 @@ class SlowPatterns:
 
 
 @dataclass(frozen=True)
+class Cause:
+    """A ``[[cause]]`` entry: the words in a failure's reason that say why it happened."""
+
+    id: str
+    cause: str
+    regex: regex.Pattern[str]
+    examples: tuple[Mapping[str, str], ...]
+    near_misses: tuple[str, ...] = ()
+    source: str = ""
+    note: str = ""
+
+    def match(self, text: str) -> dict[str, str] | None:
+        """``{"cause": ..., and any captured field}`` if ``text`` says this cause, else None."""
+        try:
+            m = self.regex.search(text, timeout=0.05)
+        except TimeoutError:
+            return None
+        if m is None:
+            return None
+        return {"cause": self.cause, **{k: v for k, v in m.groupdict().items() if v}}
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """All patterns in load order, plus the literal anchors the prefilter looks for."""
 
@@ -149,6 +173,16 @@ class Catalogue:
     slow: SlowPatterns = field(default_factory=SlowPatterns, compare=False, repr=False)
     #: Wrappers around llama.cpp's lines (docker compose, journald, LocalAI...), stripped before matching.
     relays: tuple[Relay, ...] = ()
+    #: What a captured ``reason`` says about why a failure happened, first match wins.
+    causes: tuple[Cause, ...] = ()
+
+    def cause_of(self, reason: str) -> dict[str, str] | None:
+        """The cause (and fields such as ``arch``) a failure's reason states, if the causes table knows it."""
+        for c in self.causes:
+            found = c.match(reason)
+            if found is not None:
+                return found
+        return None
 
     @property
     def relay(self) -> Relays:
@@ -195,23 +229,26 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
         raise CatalogueError("no pattern files found")
     patterns: list[Pattern] = []
     relays: list[Relay] = []
+    causes: list[Cause] = []
     ids: dict[str, str] = {}
     shipped = default_dir().resolve()
     for f in files:
         for item in _load_file(f, f.resolve().parent == shipped):
-            kind = "pattern" if isinstance(item, Pattern) else "relay"
+            kind = "pattern" if isinstance(item, Pattern) else "relay" if isinstance(item, Relay) else "cause"
             key = f"{kind}:{item.id}"
             if key in ids:
                 raise CatalogueError(f"{f.name}: {kind} {item.id!r}: id already used in {ids[key]}")
             ids[key] = f.name
             if isinstance(item, Pattern):
                 patterns.append(item)
-            else:
+            elif isinstance(item, Relay):
                 relays.append(item)
-    return Catalogue(tuple(patterns), tuple(str(f) for f in files), relays=tuple(relays))
+            else:
+                causes.append(item)
+    return Catalogue(tuple(patterns), tuple(str(f) for f in files), relays=tuple(relays), causes=tuple(causes))
 
 
-def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay]:
+def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay | Cause]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -231,6 +268,38 @@ def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay]:
     for n, entry in enumerate(relays, 1):
         where = f"{path.name}: relay {str(entry.get('id', f'#{n}'))!r}"
         yield compile_relay(where, origin, entry, CatalogueError)
+    causes = data.get("cause", [])
+    if not isinstance(causes, list):
+        raise CatalogueError(f"{path.name}: 'cause' must be an array of tables ([[cause]])")
+    for n, entry in enumerate(causes, 1):
+        yield _compile_cause(f"{path.name}: cause {str(entry.get('id', f'#{n}'))!r}", entry)
+
+
+def _compile_cause(where: str, entry: dict[str, Any]) -> Cause:
+    for key in ("id", "cause", "regex", "examples"):
+        if key not in entry:
+            raise CatalogueError(f"{where}: missing key {key!r}")
+    unknown = set(entry) - {"id", "cause", "regex", "flags", "examples", "near_misses", "source", "note"}
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    name = str(entry["cause"])
+    if name not in CAUSES:
+        raise CatalogueError(f"{where}: key 'cause': unknown cause {name!r} (see watcher/events.py CAUSES)")
+    flags = regex.V0 | (regex.IGNORECASE if "i" in str(entry.get("flags", "")) else 0)
+    try:
+        compiled = regex.compile(str(entry["regex"]), flags)
+    except regex.error as exc:
+        raise CatalogueError(f"{where}: key 'regex': {exc}") from exc
+    bad = set(compiled.groupindex) - set(FIELD_TYPES)
+    if bad:
+        raise CatalogueError(f"{where}: key 'regex': unknown field name(s) {', '.join(sorted(bad))}")
+    examples = entry["examples"]
+    if not examples or not all(isinstance(e, dict) and isinstance(e.get("text"), str) for e in examples):
+        raise CatalogueError(f"{where}: key 'examples': at least one {{text = ...}} from a real failure")
+    return Cause(id=str(entry["id"]), cause=name, regex=compiled,
+                 examples=tuple({str(k): str(v) for k, v in e.items()} for e in examples),
+                 near_misses=tuple(str(x) for x in entry.get("near_misses", [])),
+                 source=str(entry.get("source", "")), note=str(entry.get("note", "")))
 
 
 def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bool = False) -> Pattern:
@@ -242,6 +311,11 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
     unknown = set(entry) - _KNOWN_KEYS
     if unknown:
         raise CatalogueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    event = str(entry["event"])
+    if event not in EVENTS:
+        close = difflib.get_close_matches(event, EVENTS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else " (see watcher/events.py EVENTS)"
+        raise CatalogueError(f"{where}: key 'event': unknown event {event!r}{hint}")
     anchors = entry["anchor"]
     anchors = (anchors,) if isinstance(anchors, str) else tuple(anchors)
     if not anchors or not all(isinstance(a, str) and len(a) >= 3 for a in anchors):
@@ -263,9 +337,11 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
     constants = entry.get("set", {})
     if not isinstance(constants, dict):
         raise CatalogueError(f"{where}: key 'set' must be a table")
+    if "cause" in constants and constants["cause"] not in CAUSES:
+        raise CatalogueError(f"{where}: key 'set': unknown cause {constants['cause']!r} (see watcher/events.py CAUSES)")
     return Pattern(
         id=pid,
-        event=str(entry["event"]),
+        event=event,
         anchors=anchors,
         regex=compiled,
         origin=origin,

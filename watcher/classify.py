@@ -41,6 +41,10 @@ class Classifier:
         for p in self.candidates(record.text):
             fields = self._try(p, record)
             if fields is not None:
+                if "cause" not in fields and fields.get("reason"):
+                    # The pattern captured why without naming it: the causes table names it.
+                    for k, v in (self.catalogue.cause_of(fields["reason"]) or {}).items():
+                        fields.setdefault(k, v)
                 return Event(p.event, p.id, record, fields)
         return None
 

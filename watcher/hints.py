@@ -134,21 +134,21 @@ def for_incident(inc: Incident, run: Run) -> str:
         case "draft_context_failed":
             return _draft_memory(inc, run)
         case "draft_load_failed":
-            if inc.reason == "out of memory":
+            if cause == "memory":
                 return _draft_memory(inc, run)
-            if "not found" in inc.reason:
+            if cause == "missing_file":
                 return "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio)."
-            if "index error" in inc.reason:
+            if cause == "index_error":
                 return ("The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an "
                         "index check while placing the draft's layers on the devices, seen with little free VRAM "
                         "left or an unusual tensor split. Try fewer draft GPU layers (-ngld), another device for the "
                         "draft (-devd), a smaller target context (-c), or a newer llama.cpp.")
-            if "unknown model architecture" in inc.reason:
-                arch = inc.reason.rsplit("architecture:", 1)[-1].strip(" '")
+            if cause == "unknown_arch":
+                arch = inc.extra.get("arch") or "?"
                 return (f"This build does not know the draft's architecture ('{arch}'): update llama.cpp (or the "
                         "host: koboldcpp, the LM Studio runtime). An MTP/assistant head also needs the MTP mode "
                         "(--spec-type draft-mtp) rather than a plain draft.")
-            if "GGUF" in inc.reason:
+            if cause == "bad_gguf":
                 return "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build."
             return "Read the evidence lines: the draft model did not load."
         case "spec_disabled":
@@ -163,7 +163,7 @@ def for_incident(inc: Incident, run: Run) -> str:
                         "model with its draft again; until then this server is slower.")
             return "Reload with the draft (or fix the draft failure above) before serving; this server is slower."
         case "spec_unsupported":
-            if "batched MLX" in inc.reason:
+            if cause == "unsupported_batched":
                 return ("LM Studio's MLX engine gives a draft only to unbatched models: set Max Concurrent "
                         "Predictions to 1 explicitly (MLX runtimes from Feb 2026 on; update the runtime), or use "
                         "the model's GGUF (llama.cpp engine) with the draft.")

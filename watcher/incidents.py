@@ -165,7 +165,7 @@ def render_title(inc: Incident) -> str:
         case "draft_on_cpu" if cause == "no_gpu":
             return f"Draft {draft} runs on the CPU: no usable GPU found (--gpu-layers-draft ignored)"
         case "draft_context_failed":
-            why = "out of memory" if inc.mib or "memory" in inc.reason or "alloc" in inc.reason else "context failed"
+            why = "out of memory" if inc.mib or cause == "memory" else "context failed"
             return f"{off}: draft {draft} {why}{where}{size}{slots}"
         case "draft_load_failed":
             return f"{off}: draft {draft} failed to load ({inc.reason or 'see evidence'}){where}{size}"

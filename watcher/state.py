@@ -261,9 +261,9 @@ class Stream:
         run.last_line = max(run.last_line, ln)
         if ev.get("min_build"):
             run.min_build = max(run.min_build or 0, ev.get("min_build"))
-        handler = getattr(self, f"_on_{t}", None)
+        handler = HANDLERS.get(t)
         if handler is not None:
-            handler(run, ev)
+            handler(self, run, ev)
         if t in _SPEC_ON and (t != "spec_statistics" or (ev.get("generated") or 0) > 0):
             self._confirm(run, ev)
 
@@ -313,7 +313,7 @@ class Stream:
         run.spec_requested = True
         run.spec_mode = run.spec_mode or "draft"
         run.draft_event = ev
-        self._resolve(run, "spec_disabled", ev, "a draft model is loading after all", cause="no_draft")
+        self._resolve(run, "spec_disabled", ev, "a draft model is loading after all", cause="spec_type_without_draft")
 
     def _on_launch_args(self, run: Run, ev: Event) -> None:
         # A command line or option dump: it names the draft before (or instead of) any draft line.
@@ -325,10 +325,9 @@ class Stream:
             run.spec_mode = run.spec_mode or impl
         if impl and not draft and not run.draft_model:
             # A draft speculative type with no draft model: llama.cpp drops it, on some builds without a word.
-            inc = self._incident(run, "spec_disabled", ev, severity="warning",
+            inc = self._incident(run, "spec_disabled", ev, severity="warning", cause="spec_type_without_draft",
                                  reason=f"--spec-type {impl} needs a draft model (-md), and none is given")
             inc.confidence = "inferred"
-            inc.extra["cause"] = "no_draft"
             inc.extra["inferred_from"] = f"the command line (line {ev.record.lineno}) names no draft model"
 
     def _on_mtp_ctx_create(self, run: Run, ev: Event) -> None:
@@ -362,14 +361,13 @@ class Stream:
         # "X requires ctx_other to be set": X is a draft head that runs on its target's context. The fit
         # probe creates it alone and expects this; it is a real failure only when the caller's
         # "failed to create context with model" follows (see _on_context_failed).
-        run.draft_head = _head_arch(ev.get("reason")) or run.draft_head
+        run.draft_head = _head_arch(ev) or run.draft_head
         run.last_ctx_init = ev
 
     def _on_fit_extra_unmeasured(self, run: Run, ev: Event) -> None:
         # -fit sized the target without the draft: context for a draft OOM that may follow.
         run.fit_unmeasured = ev
-        if "ctx_other" in (ev.get("reason") or ""):
-            run.draft_head = _head_arch(ev.get("reason")) or run.draft_head
+        run.draft_head = _head_arch(ev) or run.draft_head
 
     def _on_fit_spec_estimate(self, run: Run, ev: Event) -> None:
         if ev.get("mib") is not None:
@@ -461,8 +459,6 @@ class Stream:
         run.role = "draft"
         run.recent_errors.append(ev)
 
-    _on_ctx_init_failed = _on_alloc_error
-
     def _on_vocab_mismatch(self, run: Run, ev: Event) -> None:
         run.recent_errors.append(ev)
         if ev.get("cause") == "vocab":
@@ -471,9 +467,8 @@ class Stream:
     def _on_spec_no_draft(self, run: Run, ev: Event) -> None:
         # A draft implementation with no draft context: a draft --spec-type and no draft model.
         run.spec_requested = True
-        inc = self._incident(run, "spec_disabled", ev,
+        inc = self._incident(run, "spec_disabled", ev, cause="spec_type_without_draft",
                              reason="a draft speculative type is enabled but no draft model is loaded (no -md)")
-        inc.extra["cause"] = "no_draft"
         if run.phase != "exited":
             inc.server_state = "serving_without_speculation"
 
@@ -543,10 +538,8 @@ class Stream:
         run.no_impls_event = run.no_impls_event or ev
         if run.spec_requested and run.draft_model:
             # b9464+: -md without --spec-type draft-simple loads the draft and never uses it.
-            why = f"draft {basename(run.draft_model)} is loaded but no speculative type is enabled"
-            inc = self._incident(run, "spec_disabled", ev, reason=why)
-            inc.extra["cause"] = "no_spec_type"
-            inc.hint = hints.for_incident(inc, run)
+            self._incident(run, "spec_disabled", ev, cause="no_spec_type",
+                           reason=f"draft {basename(run.draft_model)} is loaded but no speculative type is enabled")
 
     def _on_spec_ctx_init_ok(self, run: Run, ev: Event) -> None:
         if ev.get("slot") is not None:
@@ -601,7 +594,7 @@ class Stream:
             self._changed(inc)
             return
         path = ev.get("model")
-        arch = run.draft_head or _head_arch(ev.get("reason")) or "draft head"
+        arch = run.draft_head or _head_arch(ev) or "draft head"
         run.draft_model = run.draft_model or path
         run.spec_requested = True  # a draft head only exists to speculate with
         as_main = bool(run.target_model) and basename(run.target_model) == basename(path)
@@ -626,7 +619,12 @@ class Stream:
             inc.add_evidence(ev.record.lineno, ev.record.text)
             self._changed(inc)
             return
-        inc = self._incident(run, "draft_load_failed", ev, reason=_load_reason(run, ev.get("reason")))
+        reason, cause, arch = _load_reason(run, ev)
+        inc = self._incident(run, "draft_load_failed", ev, reason=reason)
+        if cause:
+            inc.extra["cause"] = cause
+        if arch:
+            inc.extra["arch"] = arch
         self._attach_errors(run, inc)
 
     def _on_model_load_failed(self, run: Run, ev: Event) -> None:
@@ -656,7 +654,7 @@ class Stream:
         cause = run.last_ctx_init
         if not named:
             run.last_ctx_init = ev
-        elif _needs_target_ctx(ev.get("reason")) or (
+        elif ev.get("cause") == "needs_target_ctx" or (
             cause is not None and cause.type == "fit_probe_note"
             and 0 <= ev.record.lineno - cause.record.lineno <= _CHAIN_GAP
         ):
@@ -684,12 +682,11 @@ class Stream:
 
     def _on_spec_init_failed(self, run: Run, ev: Event) -> None:
         reason = ev.get("reason") or ""
-        low = reason.lower()
         cause = ev.get("cause")
         if cause == "spec_type_without_draft":
             kind = "spec_disabled"
             reason = f"a draft speculative type is enabled but no draft model is configured ({reason})"
-        elif cause == "draft_kind_mismatch" or "vocab" in low or "token" in low:
+        elif cause in _INCOMPATIBLE:
             kind = "draft_incompatible"
         else:
             kind = "spec_disabled"
@@ -737,14 +734,15 @@ class Stream:
 
     def _on_host_draft_failed(self, run: Run, ev: Event) -> None:
         # koboldcpp's own line names no cause: llama.cpp's "error loading model: ..." just before it does.
-        cause = next((e.get("reason") for e in reversed(run.recent_errors)
-                      if e.type == "model_file_error" and e.get("reason")), None)
-        reason = ev.get("reason") or (f"error loading model: {cause}" if cause else "the host failed to load the draft")
-        low = reason.lower()
+        loader = next((e for e in reversed(run.recent_errors) if e.type == "model_file_error" and e.get("reason")),
+                      None)
+        reason = ev.get("reason") or (f"error loading model: {loader.get('reason')}" if loader
+                                      else "the host failed to load the draft")
+        cause = ev.get("cause") or (loader.get("cause") if loader else None)
         # MLX engine (through LM Studio): SpeculativeDecodingNotSupportedError for batched models, and
         # ValueError "Draft model is not compatible with main model" for a vocabulary-size mismatch.
-        kind = ("spec_unsupported" if "not supported" in low
-                else "draft_incompatible" if "not compatible" in low else "draft_load_failed")
+        kind = ("spec_unsupported" if cause in ("unsupported", "unsupported_batched")
+                else "draft_incompatible" if cause in _INCOMPATIBLE else "draft_load_failed")
         run.spec_requested = True
         run.draft_model = run.draft_model or ev.get("model")
         inc = self._incident(run, kind, ev, reason=reason)
@@ -1003,8 +1001,8 @@ class Stream:
         self._changed(inc)
 
     # -- incident helpers -----------------------------------------------------------------------
-    def _incident(self, run: Run, kind: str, ev: Event | None, reason: str = "",
-                  severity: str = "critical") -> Incident:
+    def _incident(self, run: Run, kind: str, ev: Event | None, reason: str = "", *,
+                  severity: str = "critical", cause: str | None = None) -> Incident:
         inc = run.incidents.get(kind)
         recurred = False
         if inc is None:
@@ -1034,6 +1032,8 @@ class Stream:
                 inc.add_evidence(ev.record.lineno, ev.record.text)
             inc.last_line = max(inc.last_line, ev.record.lineno)
             inc.add_slot(ev.get("slot"))
+        if cause:
+            inc.extra["cause"] = cause
         inc.model = inc.model or run.target_model
         inc.draft_model = inc.draft_model or run.draft_model
         inc.hint = hints.for_incident(inc, run)
@@ -1108,17 +1108,29 @@ class Stream:
         return list(seen.values())
 
 
+#: The handler of each event: ``Stream._on_<event>``, collected once. Every event of watcher/events.py is either
+#: here or in IGNORED (tests/test_events.py holds both ways), so a new event cannot go unhandled by mistake.
+HANDLERS: dict[str, Callable[[Stream, Run, Event], None]] = {
+    name[len("_on_"):]: fn for name, fn in vars(Stream).items() if name.startswith("_on_") and callable(fn)
+}
+
+#: Events the per-run state deliberately does not handle, and why.
+IGNORED: dict[str, str] = {
+    "swap_start": "llama-swap's demux (watcher/swap.py) consumes it to open a model's section",
+    "swap_ready": "llama-swap's demux consumes it to name a section",
+    "swap_stop": "llama-swap's demux consumes it to close a section",
+    "swap_exit": "llama-swap's demux consumes it to close a section",
+    "listen_port": "llama-swap's demux consumes it to tie a section to its port",
+}
+
 #: Lines between llama_init_from_model's exception line and its caller's "failed to create context"
 #: line: printed back to back; LM Studio's record header may sit between them.
 _CHAIN_GAP = 3
 
 
-def _head_arch(reason: str | None) -> str | None:
-    """``Gemma4Assistant`` from "Gemma4Assistant requires ctx_other to be set (...)"."""
-    if not reason or "requires ctx_other" not in reason:
-        return None
-    head = reason.split(" requires ctx_other", 1)[0].split(":")[-1].strip()
-    return head or None
+def _head_arch(ev: Event) -> str | None:
+    """The draft head (``Gemma4Assistant``) a line says needs its target's context, if it says so."""
+    return ev.get("arch") if ev.get("cause") == "needs_target_ctx" else None
 
 
 def _same_file(a: str | None, b: str | None) -> bool:
@@ -1126,13 +1138,8 @@ def _same_file(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and basename(a) == basename(b)
 
 
-def _needs_target_ctx(reason: str | None) -> bool:
-    return bool(reason) and "requires ctx_other" in str(reason)
-
-
 def _is_memory(inc: Incident) -> bool:
-    low = inc.reason.lower()
-    return bool(inc.mib) or inc.kind == "main_model_oom" or "memory" in low or "alloc" in low
+    return bool(inc.mib) or inc.kind == "main_model_oom" or inc.extra.get("cause") == "memory"
 
 
 def _on_gpu(run: Run) -> bool:
@@ -1154,23 +1161,32 @@ def ln_close(a: int, b: int) -> bool:
     return abs(a - b) <= 6
 
 
-#: How MSVC's and libstdc++'s std::vector index checks read in "error loading model: ..." lines.
-_INDEX_ERRORS = ("invalid vector subscript", "_m_range_check")
+#: Causes that make a draft unusable for this target (vocabulary, tokens, head type).
+_INCOMPATIBLE = ("vocab", "draft_kind_mismatch", "special_tokens")
 INDEX_ERROR = "index error in llama.cpp's loader, not a file error"
 
+#: A model load failure's causes, the most telling first when its chain of lines names several.
+_LOAD_CAUSES = ("missing_file", "unknown_arch", "index_error", "bad_gguf", "memory")
+_LOAD_REASONS = {
+    "missing_file": "file not found",
+    "index_error": INDEX_ERROR,
+    "bad_gguf": "file is not a valid GGUF",
+    "memory": "out of memory",
+}
 
-def _load_reason(run: Run, quoted: str | None = None) -> str:
-    text = " ".join([*(e.record.text.lower() for e in run.recent_errors), (quoted or "").lower()])
+
+def _load_reason(run: Run, ev: Event) -> tuple[str, str | None, str | None]:
+    """(reason, cause, arch) of a draft load failure: from the causes the failure's lines carry."""
     if run.ledger.failures and run.ledger.failures[-1].role == "draft":
-        return "out of memory"
-    if "no such file" in text or "failed to open" in text or "not found" in text:
-        return "file not found"
-    if "unknown model architecture" in text:
-        # A draft head (gemma4-assistant, ...) or a newer family than this build (or its host) knows.
-        return "unknown model architecture: " + text.split("unknown model architecture:", 1)[1].split()[0]
-    if any(w in text for w in _INDEX_ERRORS):
-        # A C++ container index check failed inside llama.cpp's loader (the same file loads on its own).
-        return INDEX_ERROR
-    if "magic" in text or "invalid" in text or "corrupt" in text or "tensor" in text or "gguf" in text:
-        return "file is not a valid GGUF"
-    return "see evidence"
+        return "out of memory", "memory", None
+    lines = [ev, *reversed(run.recent_errors)]
+    for cause in _LOAD_CAUSES:
+        line = next((e for e in lines if e.get("cause") == cause), None)
+        if line is None:
+            continue
+        if cause == "unknown_arch":
+            # A draft head (gemma4-assistant, ...) or a newer family than this build (or its host) knows.
+            arch = line.get("arch") or "?"
+            return f"unknown model architecture: '{arch}'", cause, arch
+        return _LOAD_REASONS[cause], cause, None
+    return "see evidence", None, None
