@@ -7,6 +7,7 @@ from __future__ import annotations
 from watcher.catalogue import Catalogue
 from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
+from watcher.report import banner
 
 CUDA_OOM = ("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2645.29 MiB on device 0: cudaMalloc failed: out "
             "of memory")
@@ -210,3 +211,10 @@ def test_ollama_bare_cudamalloc_cause_is_the_targets_oom(cat: Catalogue) -> None
                                     'msg="error loading llama server" error="llama runner process has terminated: '
                                     'cudaMalloc failed: out of memory"'))
     assert [(i.kind, i.confidence) for i in incs] == [("main_model_oom", "inferred")]
+
+
+def test_banner_says_what_an_inferred_finding_rests_on(cat: Catalogue) -> None:
+    """The alert of an inferred incident names the line and the silence it was drawn from."""
+    inc = open_incidents(feed(cat, LOAD_TARGET, CUDA_OOM, GALLOCR))[0]
+    text = banner(inc, colour=False)
+    assert "inferred    allocation failure at line 2, then the log ends there" in text

@@ -80,6 +80,7 @@ def _details(inc: Incident, width: int) -> list[str]:
     field("why", inc.reason)
     if inc.count > 1:
         field("seen", f"{inc.count} times, one per server load (runs {inc.run}-{inc.extra.get('last_run', inc.run)})")
+    field("inferred", inc.extra.get("inferred_from"))  # what a finding drawn from partial evidence rests on
     field("server", inc.server_state.replace("_", " "))
     field("what to do", inc.hint)
     if inc.status == "resolved":
