@@ -42,10 +42,6 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
         "an MTP head loaded as a plain draft, then a segfault: not recognised yet",
     "localai-9371-grpc-spec-no-impl-2026":
         "LocalAI's relayed 'no implementations specified' with a draft in its options is not read yet",
-    "ollama-17003-docker-gemma4-mtp-ctx-other-terminated":
-        "an MTP context failure relayed by ollama in docker is not read yet",
-    "unsloth-llamacpp-pr144-mtp-head-borrow-shared-fail":
-        "a fork's MTP-head load failure wording is not recognised yet",
     # Older llama.cpp builds recorded by the engine matrix (samples/engine/<build>/).
     **{f"{b}/draft-low-acceptance-{v}":
        "0 of 30 drafted tokens accepted per task, 2 tasks: under the 64 drafted tokens after which a low rate is "

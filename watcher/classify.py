@@ -23,8 +23,8 @@ class Classifier:
 
     def unwrap(self, record: Record) -> Record:
         """The record with its relays' wrappers removed (itself when it had none)."""
-        text = self._relay.unwrap(record.text)
-        return record if text is record.text else Record(text, record.lineno, record.source)
+        text, mark = self._relay.unwrap_marked(record.text)
+        return record if text is record.text else Record(text, record.lineno, record.source, mark)
 
     def candidates(self, text: str) -> list[Pattern]:
         """Patterns worth trying on ``text``, in catalogue order."""
@@ -45,6 +45,8 @@ class Classifier:
                     # The pattern captured why without naming it: the causes table names it.
                     for k, v in (self.catalogue.cause_of(fields["reason"]) or {}).items():
                         fields.setdefault(k, v)
+                if record.relayed_as:
+                    fields.setdefault("relayed_as", record.relayed_as)
                 return Event(p.event, p.id, record, fields)
         return None
 

@@ -54,6 +54,8 @@ FIELD_TYPES: dict[str, type] = {
     "arch": str,
     # Whose line this is when the line itself says so ("draft": a draft-only architecture, for example).
     "role": str,
+    # What the host relaying the line said of it ("exit_cause": the process terminated because of it).
+    "relayed_as": str,
     # The model id as llama-swap's config names it (its "<id>" prefix), distinct from a GGUF path in
     # ``model``: the demux in watcher/swap.py keys per-model state on it.
     "swap_model": str,
@@ -154,6 +156,8 @@ class Record:
     text: str
     lineno: int
     source: str = "-"
+    #: The mark of the relay this line came through ("exit_cause"), empty for a line printed bare.
+    relayed_as: str = ""
 
 
 @dataclass(frozen=True)

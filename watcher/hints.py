@@ -118,7 +118,7 @@ def for_incident(inc: Incident, run: Run) -> str:
         name, article = _HEADS.get(impl.lower().removeprefix("draft-").replace("-", ""), ("EAGLE-3 or DFlash", "an"))
         return _BY_CAUSE[str(cause)].format(impl=impl, head=name, a_head=f"{article} {name}")
     match inc.kind:
-        case "draft_context_failed" if cause == "draft_head_alone":
+        case "draft_context_failed" | "draft_load_failed" if cause == "draft_head_alone":
             return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
                     "head), not a model: load its target with -m and this file as the draft (-md, with "
                     "--spec-type draft-mtp for an MTP assistant); in LM Studio choose it as the draft of its "

@@ -19,6 +19,7 @@ import regex
 #: How many wrappers deep a line may be (journald around docker around LocalAI is three).
 MAX_DEPTH = 4
 _ESCAPES = ("", "go")
+_MARKS = ("", "exit_cause")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Relay:
     origin: str = ""
     source: str = ""
     note: str = ""
+    #: What the wrapper says of the inner line, passed on as the event field ``relayed_as`` ("exit_cause": the
+    #: host reports the process terminated because of it).
+    mark: str = ""
 
     def strip(self, text: str) -> str | None:
         """The inner line if ``text`` is wrapped by this relay, else None."""
@@ -71,15 +75,20 @@ class Relays:
 
     def unwrap(self, text: str) -> str:
         """The innermost line: each pass strips the first relay that matches."""
+        return self.unwrap_marked(text)[0]
+
+    def unwrap_marked(self, text: str) -> tuple[str, str]:
+        """The innermost line and the mark of the relay nearest to it (empty when none says anything)."""
+        mark = ""
         for _ in range(MAX_DEPTH):
             for r in self.relays:
                 inner = r.strip(text)
                 if inner is not None and inner != text:
-                    text = inner
+                    text, mark = inner, r.mark or mark
                     break
             else:
-                return text
-        return text
+                return text, mark
+        return text, mark
 
 
 def unescape(s: str) -> str:
@@ -104,13 +113,17 @@ def compile_relay(where: str, origin: str, entry: Mapping[str, Any], error: type
     for key in ("id", "anchor", "regex", "wrap", "examples"):
         if key not in entry:
             raise error(f"{where}: missing key {key!r}")
-    unknown = set(entry) - {"id", "anchor", "regex", "escape", "wrap", "examples", "near_misses", "source", "note"}
+    unknown = set(entry) - {"id", "anchor", "regex", "escape", "wrap", "examples", "near_misses", "source", "note",
+                            "mark"}
     if unknown:
         raise error(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     anchors = entry["anchor"]
     anchors = (anchors,) if isinstance(anchors, str) else tuple(anchors)
     if not anchors or not all(isinstance(a, str) and len(a) >= 2 for a in anchors):
         raise error(f"{where}: key 'anchor': literal(s) of at least 2 characters required")
+    mark = str(entry.get("mark", ""))
+    if mark not in _MARKS:
+        raise error(f"{where}: key 'mark': one of {', '.join(repr(m) for m in _MARKS)}")
     esc = str(entry.get("escape", ""))
     if esc not in _ESCAPES:
         raise error(f"{where}: key 'escape': one of {', '.join(repr(e) for e in _ESCAPES)}")
@@ -131,4 +144,4 @@ def compile_relay(where: str, origin: str, entry: Mapping[str, Any], error: type
         raise error(f"{where}: key 'examples': every relay needs at least one real example line")
     return Relay(id=str(entry["id"]), anchors=anchors, regex=compiled, escape=esc, wrap=str(entry["wrap"]),
                  examples=tuple(examples), near_misses=tuple(str(x) for x in entry.get("near_misses", [])),
-                 origin=origin, source=str(entry.get("source", "")), note=str(entry.get("note", "")))
+                 origin=origin, source=str(entry.get("source", "")), note=str(entry.get("note", "")), mark=mark)

@@ -104,6 +104,8 @@ class Run:
     target_ctx_ready: bool = False
     #: A vocabulary mismatch no failure line has reported yet (the 2023 example exits right after it).
     vocab_pending: Event | None = None
+    #: The loader's error for a model known to be the draft, not yet reported by a failure line.
+    draft_loader_error: Event | None = None
     incidents: dict[str, Incident] = field(default_factory=dict)
     _slot_events: set[tuple[int, str]] = field(default_factory=set)
     last_line: int = 0
@@ -363,6 +365,9 @@ class Stream:
         # "failed to create context with model" follows (see _on_context_failed).
         run.draft_head = _head_arch(ev) or run.draft_head
         run.last_ctx_init = ev
+        if ev.get("relayed_as") == "exit_cause" and ev.get("cause") == "needs_target_ctx":
+            # The host reports the process terminated because of it (ollama): not a probe, the real context.
+            self._draft_head_failed(run, ev, None)
 
     def _on_fit_extra_unmeasured(self, run: Run, ev: Event) -> None:
         # -fit sized the target without the draft: context for a draft OOM that may follow.
@@ -482,6 +487,8 @@ class Stream:
             run.spec_requested = True
             run.spec_mode = run.spec_mode or "draft"
         run.recent_errors.append(ev)
+        if run.role == "draft":
+            run.draft_loader_error = ev
 
     # -- handlers: slots --------------------------------------------------------------------------
     def _on_slots_init(self, run: Run, ev: Event) -> None:
@@ -598,7 +605,8 @@ class Stream:
         run.draft_model = run.draft_model or path
         run.spec_requested = True  # a draft head only exists to speculate with
         as_main = bool(run.target_model) and basename(run.target_model) == basename(path)
-        reason = (f"{basename(path)} is a {arch} draft head: it needs its target model's context and was "
+        reason = (f"{basename(path) or basename(run.draft_model) or 'the draft'} is a {arch} draft head: it needs "
+                  f"its target model's context and was "
                   f"created without one" + (" (it was loaded as the main model)" if as_main else ""))
         inc = self._incident(run, "draft_context_failed", ev, reason=reason)
         inc.extra["cause"] = "draft_head_alone"
@@ -965,6 +973,15 @@ class Stream:
     def _conclude_unreported(self, run: Run, after: str) -> None:
         """Allocation failures that no failure line reported, followed by ``after`` (the end of the log, or
         serving): the model or context they belonged to did not get its memory. Inferred, and said so."""
+        loader, run.draft_loader_error = run.draft_loader_error, None
+        if loader is not None and "draft_load_failed" not in run.incidents:
+            # llama.cpp's loader threw for the draft and the excerpt (or the process) ends before its caller said so.
+            self._on_draft_load_failed(run, loader)
+            inc = run.incidents["draft_load_failed"]
+            inc.confidence = "inferred"
+            inc.extra["inferred_from"] = (f"the loader's error for the draft at line {loader.record.lineno}, then "
+                                          f"{after}; no load failure line followed")
+            self._changed(inc)
         vocab, run.vocab_pending = run.vocab_pending, None
         if vocab is not None and not run.incidents:
             # The draft's vocabulary cannot serve this target, and nothing said what became of it.
@@ -1074,6 +1091,7 @@ class Stream:
         fails = [f for f in run.ledger.failures if role is None or f.role == role]
         run.failures_reported = len(run.ledger.failures)
         run.vocab_pending = None
+        run.draft_loader_error = None
         if fails:
             f = fails[-1]
             inc.device = inc.device or (f.device if f.device != "?" else None)
@@ -1166,8 +1184,9 @@ _INCOMPATIBLE = ("vocab", "draft_kind_mismatch", "special_tokens")
 INDEX_ERROR = "index error in llama.cpp's loader, not a file error"
 
 #: A model load failure's causes, the most telling first when its chain of lines names several.
-_LOAD_CAUSES = ("missing_file", "unknown_arch", "index_error", "bad_gguf", "memory")
+_LOAD_CAUSES = ("missing_file", "draft_head_alone", "unknown_arch", "index_error", "bad_gguf", "memory")
 _LOAD_REASONS = {
+    "draft_head_alone": "a draft head loaded as a model of its own (it borrows its target's tensors)",
     "missing_file": "file not found",
     "index_error": INDEX_ERROR,
     "bad_gguf": "file is not a valid GGUF",
