@@ -31,9 +31,12 @@ def test_no_handler_waits_for_an_event_that_does_not_exist() -> None:
     assert set(HANDLERS) <= set(EVENTS)
 
 
-def test_the_ignored_events_are_the_ones_the_swap_demux_consumes() -> None:
-    """Only llama-swap's own events bypass per-run state, and the demux really takes each of them."""
-    assert set(IGNORED) == set(SWAP_EVENTS)
+def test_the_ignored_events_are_consumed_elsewhere() -> None:
+    """Events that bypass per-run state are llama-swap's own (the demux takes each) or stream-wide ones, each
+    with its reason."""
+    assert set(SWAP_EVENTS) <= set(IGNORED)
+    assert set(IGNORED) - set(SWAP_EVENTS) == {"host_record"}
+    assert all(IGNORED.values())
 
 
 MISSPELT = '''

@@ -224,8 +224,9 @@ def audit(root: Path, catalogue: Catalogue) -> Report:
                 report.seen_patterns[p.id] = report.seen_patterns.get(p.id, 0) + 1
             if not TOPIC.search(msg.fmt):
                 continue
-            if matches:
-                report.recognised.append((msg, matches[0].id))
+            specific = [p for p in matches if not p.generic]
+            if specific:
+                report.recognised.append((msg, specific[0].id))
                 continue
             why = next((w for rx, w in _IGNORED if rx.search(msg.example)), None)
             if why is not None:

@@ -36,7 +36,7 @@ MACROS: dict[str, str] = {
 SCHEMA_VERSION = 1
 _KNOWN_KEYS = {
     "id", "event", "anchor", "regex", "examples", "near_misses", "set", "since", "until",
-    "level", "source", "note", "flags",
+    "level", "source", "note", "flags", "generic",
 }
 
 
@@ -69,6 +69,9 @@ class Pattern:
     level: str = ""
     source: str = ""
     note: str = ""
+    #: Matches any line of a family (to place what follows it), not one message: ``patterns audit`` does not
+    #: count it as recognising a message, so new wordings of that family still show as missed.
+    generic: bool = False
     #: From specwatch's own catalogue (tested for speed), not from a user's pattern file.
     shipped: bool = False
 
@@ -353,6 +356,7 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
         level=str(entry.get("level", "")),
         source=str(entry.get("source", "")),
         note=str(entry.get("note", "")),
+        generic=bool(entry.get("generic", False)),
         shipped=shipped,
     )
 

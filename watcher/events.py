@@ -89,6 +89,7 @@ EVENTS: dict[str, str] = {
     "fit_spec_estimate": "memory fitting's estimate of the draft's memory",
     "fit_start": "memory fitting starts (its failures are probes)",
     "host_draft_failed": "a host (LM Studio, koboldcpp, MLX engine) says the draft failed",
+    "host_record": "a host's record header (LM Studio): advice then names the host's settings",
     "host_draft_ignored": "a host says a request's draft setting is ignored: no draft is loaded",
     "kv_size": "the KV cache's size in cells",
     "launch_args": "a command line or option dump (the draft path, the speculative type)",

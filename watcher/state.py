@@ -1139,6 +1139,7 @@ IGNORED: dict[str, str] = {
     "swap_stop": "llama-swap's demux consumes it to close a section",
     "swap_exit": "llama-swap's demux consumes it to close a section",
     "listen_port": "llama-swap's demux consumes it to tie a section to its port",
+    "host_record": "Stream.apply takes it for the whole stream (which host wrote the log), not for one run",
 }
 
 #: Lines between llama_init_from_model's exception line and its caller's "failed to create context"
