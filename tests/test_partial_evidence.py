@@ -4,8 +4,10 @@ from the build. Lines are real llama.cpp wordings (samples/, llama.cpp's format 
 
 from __future__ import annotations
 
+from tests.conftest import wait_for
 from watcher.catalogue import Catalogue
 from watcher.incidents import Incident
+from watcher.pipe import SideAnalysis
 from watcher.pipeline import Analyzer
 from watcher.report import banner
 
@@ -218,3 +220,27 @@ def test_banner_says_what_an_inferred_finding_rests_on(cat: Catalogue) -> None:
     inc = open_incidents(feed(cat, LOAD_TARGET, CUDA_OOM, GALLOCR))[0]
     text = banner(inc, colour=False)
     assert "inferred    allocation failure at line 2, then the log ends there" in text
+
+
+def test_a_quiet_source_concludes_what_its_last_lines_left_open(cat: Catalogue) -> None:
+    """Silence after an allocation failure concludes it while the source is still open (a pipe, a followed file):
+    the analyzer's ``quiet`` draws the end-of-input conclusion without waiting for the end."""
+    a = Analyzer(cat, source="t.log")
+    a.feed(("\n".join([LOAD_TARGET, CUDA_OOM, GALLOCR]) + "\n").encode())
+    assert a.incidents() == []
+    a.quiet(10)
+    inc = a.incidents()[0]
+    assert (inc.kind, inc.confidence) == ("main_model_oom", "inferred")
+    assert "10 s of silence" in inc.extra["inferred_from"]
+
+
+def test_the_pipe_analysis_tells_the_analyzer_of_a_silence(cat: Catalogue) -> None:
+    """The pipe's analysis thread, idle past its quiet period with a failure open, concludes it before input ends."""
+    a = Analyzer(cat, source="stdin")
+    side = SideAnalysis(a, lambda: None, lambda _: None, idle=0.01, quiet=0.0)
+    try:
+        side.put(("\n".join([LOAD_TARGET, CUDA_OOM, GALLOCR]) + "\n").encode())
+        inc = wait_for(a.incidents, "the silence's conclusion")[0]
+        assert "of silence" in inc.extra["inferred_from"]
+    finally:
+        side.close(5)

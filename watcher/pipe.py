@@ -126,6 +126,11 @@ def reader(stream: BinaryIO) -> Callable[[], bytes]:
     return lambda: stream.read(CHUNK)
 
 
+#: Seconds of silence after which a live source's open allocation failure is concluded: llama.cpp prints the
+#: next line of a failure chain (or its retry) within milliseconds, so a pause this long means nothing follows.
+QUIET = 10.0
+
+
 class SideAnalysis:
     """Runs an analyzer in a thread fed through a bounded backlog; ``tick`` runs on idle.
 
@@ -133,11 +138,12 @@ class SideAnalysis:
     """
 
     def __init__(self, analyzer: Analyzer, tick: Callable[[], None], say: Callable[[str], object],
-                 idle: float = 0.25) -> None:
+                 idle: float = 0.25, quiet: float = QUIET) -> None:
         self.analyzer = analyzer
         self.tick = tick
         self.say = say
         self.idle = idle
+        self.quiet = quiet
         self._q: queue.Queue[bytes | None] = queue.Queue()
         self._backlog = 0
         self._lock = threading.Lock()
@@ -183,13 +189,20 @@ class SideAnalysis:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        last, told = time.monotonic(), True
         try:
             while True:
                 try:
                     chunk = self._q.get(timeout=self.idle)
                 except queue.Empty:
+                    if not told and time.monotonic() - last >= self.quiet:
+                        # The server has said nothing for a while after its last line: what that line left
+                        # open (an allocation failure nothing reported) is concluded, as at the end of input.
+                        self.analyzer.quiet(self.quiet)
+                        told = True
                     self.tick()
                     continue
+                last, told = time.monotonic(), False
                 done = chunk is None
                 batch = [chunk] if chunk is not None else []
                 size = len(chunk) if chunk is not None else 0

@@ -66,6 +66,11 @@ class Analyzer:
         self.counters.bytes += len(chunk)
         self._records(self.framer.feed(chunk))
 
+    def quiet(self, seconds: float) -> None:
+        """No input for ``seconds``: conclusions that the end of input would draw, drawn now (the lines already
+        complete only; a partial line waits for its end)."""
+        self.stream.quiet(seconds)
+
     def finish(self) -> None:
         """End of input: the last partial line, then conclusions drawn from absence."""
         self._records(self.framer.flush())

@@ -269,6 +269,12 @@ class Stream:
         if t in _SPEC_ON and (t != "spec_statistics" or (ev.get("generated") or 0) > 0):
             self._confirm(run, ev)
 
+    def quiet(self, seconds: float) -> None:
+        """The source has been silent for ``seconds`` (a live pipe or file): an allocation failure (or a draft's
+        loader error, or a vocabulary mismatch) that nothing reported is concluded now rather than at the end."""
+        for run in self.runs:
+            self._conclude_unreported(run, f"{seconds:.0f} s of silence")
+
     def finish(self) -> None:
         """End of stream: apply what was waiting and draw conclusions from what never came."""
         if self._pending_no_impls is not None:

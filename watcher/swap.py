@@ -116,6 +116,12 @@ class SwapStream(Stream):
         owner = next((s for s in self.streams if any(r is run for r in s.runs)), self.current.stream)
         return owner.conclude_no_statistics(run, tasks, draft, command_line, no_spec_type)
 
+    def quiet(self, seconds: float) -> None:
+        """A silence of ``seconds`` for every model's stream."""
+        for stream in self.streams:
+            stream.quiet(seconds)
+            self._mirror(stream)
+
     def finish(self) -> None:
         """End of input for every model's stream."""
         for stream in self.streams:
