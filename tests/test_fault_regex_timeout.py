@@ -17,7 +17,7 @@ from watcher.events import Record
 SLOW = """
 [[pattern]]
 id = "user.slow"
-event = "spec_disabled"
+event = "spec_unsupported"
 anchor = "draftcheck"
 regex = '''draftcheck (?:x|xx|xxx)+y'''
 examples = ["draftcheck xxy"]
