@@ -43,10 +43,6 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "localai-9371-grpc-spec-no-impl-2026":
         "LocalAI's relayed 'no implementations specified' with a draft in its options is not read yet",
     # Older llama.cpp builds recorded by the engine matrix (samples/engine/<build>/).
-    **{f"{b}/draft-low-acceptance-{v}":
-       "0 of 30 drafted tokens accepted per task, 2 tasks: under the 64 drafted tokens after which a low rate is "
-       "conclusive (b11549 drafts 39 per task, so its sample crosses it)"
-       for b in ("b7079", "b8672") for v in ("default", "verbose")},
     **{f"b8672/spec-type-without-draft-{v}":
        "--spec-type draft without a draft model: nothing is loaded and the build says nothing at default "
        "verbosity; verbose only has 'speculative decoding context not initialized' with no draft in the run"

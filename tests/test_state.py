@@ -414,3 +414,42 @@ def test_server_line_quoting_the_loader_error_is_the_drafts(cat: Catalogue) -> N
     inc = only(a)
     assert inc.kind == "draft_load_failed" and "index error" in inc.reason
     assert run1(a).speculation == "failed"
+
+
+def test_acceptance_bound_is_honest_at_zero_and_small_counts() -> None:
+    """The Wilson upper bound stays above the plain rate, reaches below 0.30 only with enough tokens."""
+    from watcher.state import acceptance_upper_bound
+
+    assert acceptance_upper_bound(0, 0) == 1.0
+    assert 0 < acceptance_upper_bound(0, 10) < 1
+    assert acceptance_upper_bound(0, 6) > 0.30 > acceptance_upper_bound(0, 8)
+    for acc, gen in ((3, 32), (70, 304), (38, 68)):
+        assert acceptance_upper_bound(acc, gen) > acc / gen
+
+
+def _acceptance_lines(pairs: list[tuple[int, int]]) -> bytes:
+    lines = [f"slot print_timing: id  0 | task {i} | draft acceptance = {a / g:.5f} ({a:5d} accepted / {g:5d} "
+             f"generated), mean len =  1.00\n" for i, (a, g) in enumerate(pairs)]
+    return "".join(lines).encode()
+
+
+def test_a_useless_draft_is_reported_before_the_window_fills(cat) -> None:
+    """0 of 30 accepted in each of two tasks is already low acceptance; one such task is not yet."""
+    one = Analyzer(cat, source="t")
+    one.feed(_acceptance_lines([(0, 30)]))
+    one.finish()
+    assert "low_acceptance" not in {i.kind for i in one.incidents()}
+    two = Analyzer(cat, source="t")
+    two.feed(_acceptance_lines([(0, 30), (0, 30)]))
+    two.finish()
+    assert "low_acceptance" in {i.kind for i in two.incidents() if i.status == "open"}
+
+
+def test_two_poor_rounds_of_a_healthy_draft_are_not_conclusive(cat) -> None:
+    """Per-round debug lines accepting 1/16 then 2/16 do not raise low acceptance before better rounds."""
+    text = "".join(f"slot update_slots: id  3 | task 0 | accepted {a}/{g} draft tokens, new n_tokens = {600 + i}\n"
+                   for i, (a, g) in enumerate([(1, 16), (2, 16), (16, 16), (16, 16), (3, 4)]))
+    a = Analyzer(cat, source="t")
+    a.feed(text.encode())
+    a.finish()
+    assert "low_acceptance" not in {i.kind for i in a.incidents()}

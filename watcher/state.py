@@ -9,6 +9,7 @@ error lines are normal (the memory-fitting probe).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -162,8 +163,25 @@ class Settings:
     #: reported as poor in llama.cpp PR 12603 accepts 0.23, a mismatched one 0 (docs/run.md).
     low_acceptance: float = 0.30
     acceptance_window: int = 512
-    #: Drafted tokens after which an acceptance under ``low_acceptance / 2.5`` is already conclusive.
-    acceptance_min_tokens: int = 64
+    #: Before the window is full, a low rate is conclusive once even the optimistic end of its 95% interval
+    #: (Wilson, one-sided) is under ``low_acceptance``, and at least this many tokens were drafted.
+    acceptance_min_tokens: int = 32
+
+
+def acceptance_upper_bound(accepted: float, drafted: float, z: float = 1.645) -> float:
+    """The upper end of the one-sided 95% Wilson interval of an acceptance rate.
+
+    Wilson's interval stays honest at 0 accepted and for small counts, where the plain ratio's normal
+    interval collapses to a point; drafted tokens come in runs, so the bound is used only beside a
+    minimum count, never alone.
+    """
+    if drafted <= 0:
+        return 1.0
+    p = accepted / drafted
+    z2 = z * z
+    centre = p + z2 / (2 * drafted)
+    spread = z * math.sqrt((p * (1 - p) + z2 / (4 * drafted)) / drafted)
+    return min(1.0, (centre + spread) / (1 + z2 / drafted))
 
 
 class Stream:
@@ -925,8 +943,12 @@ class Stream:
             if gen >= window:
                 break
         rate = acc / gen if gen else 0.0
-        # A draft that is nearly always wrong is clear after a few tasks; a mediocre one needs the window.
-        clear_miss = gen >= self.settings.acceptance_min_tokens and rate < self.settings.low_acceptance / 2.5
+        # A draft that is nearly always wrong is clear after a few tasks (0 of 60 cannot be a 30% draft's
+        # luck); a mediocre one near the threshold needs the window, as a good draft's short task can dip.
+        # Tokens of one draft round are not independent (a round stops at its first rejected token), so
+        # they count as a quarter of a sample each: 0 of 33 is conclusive, 3 of the first 32 is not.
+        clear_miss = (gen >= self.settings.acceptance_min_tokens
+                      and acceptance_upper_bound(acc / 4, gen / 4) < self.settings.low_acceptance)
         if gen < window and not clear_miss:
             return
         inc = run.incidents.get("low_acceptance")
