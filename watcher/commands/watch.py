@@ -110,10 +110,11 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         last_change[0] = time.monotonic()
 
     def ready() -> bool:
-        # Checkpoints wait until every incident the processed lines raised has reached the sinks.
+        # Checkpoints wait until every incident the processed lines raised is in the database: a checkpoint
+        # written while one is still queued in memory would skip its lines after a kill -9.
         now = time.monotonic()
         disp.tick()
-        return now - last_change[0] >= ctx.settle
+        return now - last_change[0] >= ctx.settle and disp.durable()
 
     def make(source: str) -> Analyzer:
         name = args.source or source.removeprefix("journal:")
@@ -146,12 +147,13 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         if observer is not None:
             observer.stop()
             observer.join(2)
-        disp.flush()
-        last_change[0] = float("-inf")  # everything processed was delivered: checkpoints may be written
+        # Record everything processed first (closing the sinks drains the recorder), then write the final
+        # checkpoints: they cover only what the store holds.
+        disp.close()
+        last_change[0] = float("-inf")
         for j in journals:
             j.close()
         follower.close()
-        disp.close()
         store.close()
         restore()
     if signalled and signalled[-1] == signal.SIGINT:

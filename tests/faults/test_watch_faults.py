@@ -1,0 +1,47 @@
+"""``specwatch watch`` under faults: rotation with restarts, kill -9, a failing store, FIFOs, symlink loops.
+
+Each test runs the real command in its own process on local files and stops it with SIGTERM or kill -9.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .helpers import Watch, append, block, wait_for
+
+
+@pytest.fixture
+def watch(tmp_path: Path):  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "server.log").write_bytes(b"")
+    w = Watch(tmp_path, [logs])
+    yield w
+    w.close()
+
+
+def test_checkpoint_waits_for_the_store(watch: Watch, tmp_path: Path) -> None:
+    """While the store cannot record a failure the checkpoint stays before it; kill -9 then loses nothing."""
+    log = tmp_path / "logs" / "server.log"
+    append(log, b"srv  update_slots: all slots are idle\n")
+    watch.start(wait=log)
+    before = watch.state.checkpoint(log)
+    assert before is not None
+    conn = sqlite3.connect(str(watch.state.db), timeout=10)
+    # The store refuses every new incident (a constraint fails); checkpoints can still be written.
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON incidents BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    conn.commit()
+    append(log, block())
+    # Long enough for many passes past the settle time: without the fix the checkpoint moves past the failure.
+    moved = wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] > before[1], timeout=3)
+    watch.kill()
+    conn.execute("DROP TRIGGER refuse")
+    conn.commit()
+    conn.close()
+    assert not moved, "checkpoint written for a failure the store never recorded"
+    watch.start()
+    assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
+    assert watch.stop() == 0
