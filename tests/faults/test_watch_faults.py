@@ -5,12 +5,15 @@ Each test runs the real command in its own process on local files and stops it w
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import Watch, append, block, wait_for
+from .helpers import DEADLINE, ROOT, Watch, append, block, wait_for
 
 
 @pytest.fixture
@@ -45,3 +48,19 @@ def test_checkpoint_waits_for_the_store(watch: Watch, tmp_path: Path) -> None:
     watch.start()
     assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
     assert watch.stop() == 0
+
+
+def test_failure_recovered_before_it_settled_is_in_history(tmp_path: Path) -> None:
+    """A draft that fails and a working reload within the settle time: history shows it opened, then resolved."""
+    working = (b"build: 4000 (abc) with cc\nsrv    load_model: loading model '/m/t.gguf'\n"
+               b"slot update_slots: id  0 | task 5 | accepted 2/8 draft tokens, new n_past = 120\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPECWATCH_STATE_DIR": str(tmp_path / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    p = subprocess.run([sys.executable, "-m", "watcher"], input=block() + working, capture_output=True, env=env,
+                       timeout=DEADLINE, check=False)
+    assert p.returncode == 0 and b"SPECWATCH RESOLVED" in p.stderr
+    h = subprocess.run([sys.executable, "-m", "watcher", "history"], capture_output=True, text=True, env=env,
+                       timeout=DEADLINE, check=False)
+    lines = h.stdout.splitlines()
+    assert [ln.split()[3] for ln in lines] == ["resolved", "opened"], h.stdout
+    assert "(speculation works again in run 2 (line 6))" in lines[0]
