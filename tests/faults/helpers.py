@@ -72,6 +72,10 @@ class State:
         rows = self._query("SELECT ino, offset, lines, updated FROM checkpoints WHERE stream = ?", (f"file:{path}",))
         return tuple(rows[0]) if rows else None  # type: ignore[return-value]
 
+    def streams(self) -> list[str]:
+        """Every checkpointed stream name (``root:...`` once a watch wrote its first checkpoints)."""
+        return [str(r[0]) for r in self._query("SELECT stream FROM checkpoints ORDER BY stream")]
+
     def history(self) -> list[str]:
         """Every transition, oldest first."""
         return [str(r[0]) for r in self._query("SELECT what FROM incident_log ORDER BY id")]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sources.helpers_tail import Recorder, failure
+
 from .helpers import DEADLINE, ROOT, Watch, append, block, wait_for
 
 
@@ -64,3 +66,54 @@ def test_failure_recovered_before_it_settled_is_in_history(tmp_path: Path) -> No
     lines = h.stdout.splitlines()
     assert [ln.split()[3] for ln in lines] == ["resolved", "opened"], h.stdout
     assert "(speculation works again in run 2 (line 6))" in lines[0]
+
+
+def test_fifo_is_refused_clearly(tmp_path: Path) -> None:
+    """A FIFO named on the command line is a usage error (exit 2) naming it, not a hang in open()."""
+    fifo = tmp_path / "server.fifo"
+    os.mkfifo(fifo)
+    w = Watch(tmp_path, [fifo])
+    try:
+        w.start()
+        assert w.proc is not None
+        assert w.proc.wait(timeout=DEADLINE) == 2
+    finally:
+        w.close()
+    assert f"{fifo}: a FIFO" in w.stderr()
+
+
+def test_fifo_appearing_later_is_skipped_and_sigterm_works(tmp_path: Path) -> None:
+    """A followed path that turns into a FIFO is reported and skipped; SIGTERM still stops watch at once."""
+    path = tmp_path / "server.log"
+    w = Watch(tmp_path, [path])
+    try:
+        w.start()
+        assert wait_for(w.state.streams)  # its first pass ran, with the path absent
+        os.mkfifo(path)
+        assert wait_for(lambda: "not a regular file" in w.stderr()), w.stderr()
+        assert w.stop() == 0
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("layout", ["glob over a symlink loop", "directory with a symlinked file"])
+def test_one_file_reached_by_several_paths_is_read_once(tmp_path: Path, layout: str) -> None:
+    """A file reached through several paths (a symlink loop under a glob, a symlink beside it) is followed once."""
+    logs = tmp_path / "logs"
+    (logs / "sub").mkdir(parents=True)
+    log = logs / "sub" / "a.log"
+    log.write_bytes(b"")
+    if layout.startswith("glob"):
+        (logs / "sub" / "loop").symlink_to("..")
+        target = [Path(f"{logs}/**/*.log")]
+    else:
+        (logs / "b.log").symlink_to(log)
+        target = [logs]
+    rec = Recorder()
+    f = rec.follower(target)
+    f.step()
+    append(log, failure(1))
+    f.step()
+    f.close()
+    assert rec.numbers() == [1]
+    assert list(f.streams) == [str(log)]

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         ignore_days = ignore_days or 2.0
     if not targets and not args.journal:
         raise UsageError("watch: give at least one PATH, --lmstudio or --journal UNIT")
+    for t in targets:
+        _refuse_special(t)
     ctx = build_context(args, env)
     wiring = wire(ctx, env)
     disp = wiring.dispatcher
@@ -180,6 +183,20 @@ def following(followed: list[Spec], units: list[str], from_start: bool, checkpoi
             out.append(f"{spec.path} (does not exist yet: read from its start once it appears)")
     out += [f"journal of {unit} ({where})" for unit in units]
     return out
+
+
+def _refuse_special(path: str) -> None:
+    """A FIFO, socket or device named as a log is a usage error: it cannot be followed like a file (opening a
+    FIFO waits for a writer; reading it consumes what the server's own reader should get)."""
+    try:
+        mode = Path(path).expanduser().stat().st_mode
+    except OSError:
+        return  # absent (followed once it appears) or a glob
+    what = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None)
+    if what is not None:
+        raise UsageError(f"{path}: {what}, not a log file; watch follows files and directories "
+                         f"(to analyse a stream, pipe it: specwatch < {path})")
 
 
 def _install_signals(stop: threading.Event, wake: threading.Event, seen: list[int]) -> Callable[[], None]:

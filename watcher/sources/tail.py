@@ -40,6 +40,8 @@ CHUNK = 1024 * 1024
 #: How long a file whose path vanished is still drained (a writer may not have reopened yet).
 ROTATE_WAIT = 5.0
 _GLOB_CHARS = frozenset("*?[")
+#: Opening never waits (a FIFO without a writer); regular files read the same with it. Not on Windows.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def count_lines(fd: int, end: int) -> int:
@@ -202,10 +204,7 @@ class Follower:
             self._known_roots = {s.key for s in self.specs
                                  if self.checkpoints is not None and self.checkpoints.get(s.key)}
         now = self.clock()
-        wanted: dict[str, Spec] = {}
-        for spec in self.specs:
-            for p in spec.files():
-                wanted.setdefault(p, spec)
+        wanted = self._one_path_per_file()
         for path, spec in wanted.items():
             if path in self.streams:
                 continue
@@ -219,6 +218,20 @@ class Follower:
         self._first = False
         self.commit()
         return self.counters["bytes"] - before
+
+    def _one_path_per_file(self) -> dict[str, Spec]:
+        """Every path to follow, one per real file: a symlink beside a log, or a symlink loop under a glob
+        (``a/loop/loop/...``), would otherwise follow one file under many names and report each failure again."""
+        best: dict[str, tuple[tuple[bool, bool, int, str], Spec]] = {}
+        for spec in self.specs:
+            for p in spec.files():
+                # The name already followed stays; otherwise the file's own name, else the shortest: a restart
+                # picks the same one, so its checkpoint is found.
+                real = os.path.realpath(p)
+                rank = (p not in self.streams, p != real, p.count(os.sep), p)
+                if real not in best or rank < best[real][0]:
+                    best[real] = (rank, spec)
+        return {rank[3]: spec for rank, spec in best.values()}
 
     def commit(self) -> None:
         """Write the checkpoints of streams that moved, once everything they raised was delivered."""
@@ -258,7 +271,7 @@ class Follower:
         if self.checkpoints is None or self.checkpoints.get(f"file:{path}") is not None:
             return
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | _NONBLOCK)
         except OSError:
             return
         try:
@@ -427,7 +440,8 @@ class Follower:
 
     def _open(self, s: FileStream) -> bool:
         try:
-            fd = os.open(s.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # Non-blocking: opening a FIFO with no writer would otherwise block here for ever, deaf to SIGTERM.
+            fd = os.open(s.path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return False
         except OSError as exc:
