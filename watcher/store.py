@@ -292,6 +292,11 @@ class Store:
                 then(c, what, row)
         return what, row
 
+    def lines_counted(self, source: str) -> int:
+        """The furthest first line of an occurrence counted for ``source``'s incidents (0: none)."""
+        r = self.conn.execute("SELECT MAX(occ_max_line) FROM incidents WHERE source = ?", (source,)).fetchone()
+        return int(r[0] or 0) if r else 0
+
     def resolve_id(self, prefix: str) -> str | None:
         """The full key an id (or a unique prefix of one, as ``status`` prints them) names."""
         rows = self.conn.execute("SELECT key FROM incidents WHERE key LIKE ? ESCAPE '\\'",

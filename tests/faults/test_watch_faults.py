@@ -6,14 +6,17 @@ Each test runs the real command in its own process on local files and stops it w
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.sources.helpers_tail import Recorder, failure
+from watcher.store import Store
 
 from .helpers import DEADLINE, ROOT, Watch, append, block, wait_for
 
@@ -26,6 +29,41 @@ def watch(tmp_path: Path):  # type: ignore[no-untyped-def]
     w = Watch(tmp_path, [logs])
     yield w
     w.close()
+
+
+def rotate(log: Path, how: str) -> None:
+    """Rotate like logrotate: rename and a new file, or copy then truncate in place."""
+    if how == "rename":
+        log.rename(log.with_name(log.name + ".1"))
+        log.write_bytes(b"")
+    else:
+        shutil.copyfile(log, log.with_name(log.name + ".1"))
+        with log.open("r+b") as fh:
+            fh.truncate(0)
+
+
+@pytest.mark.parametrize("restart", ["sigterm", "kill9"])
+@pytest.mark.parametrize("how", ["rename", "copytruncate"])
+def test_failure_after_rotation_and_restart_reopens(watch: Watch, tmp_path: Path, how: str, restart: str) -> None:
+    """A failure written after a rotation and a restart is a new occurrence: it reopens the acknowledged incident."""
+    log = tmp_path / "logs" / "server.log"
+    watch.start(wait=log)
+    append(log, block())
+    assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
+    Store.open(watch.state.db).acknowledge(None, "seen", time.time())
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] == len(block())), watch.stderr()
+    rotate(log, how)
+    ino = log.stat().st_ino
+    # The checkpoint now names the new file (offset 0): the restart resumes there.
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[0] == ino and cp[1] == 0), watch.stderr()
+    if restart == "sigterm":
+        assert watch.stop() == 0
+    else:
+        watch.kill()
+    watch.start(wait=log)
+    append(log, block())
+    assert wait_for(lambda: watch.state.incidents()[0][1:3] == ("open", 2)), (watch.state.incidents(), watch.stderr())
+    assert watch.stop() == 0
 
 
 def test_checkpoint_waits_for_the_store(watch: Watch, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
 from watcher.sources.journal import JournalFollower
 from watcher.sources.tail import Follower, Spec, run_loop, specs
+from watcher.store import Store
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_POLL_INTERVAL = 0.5
@@ -127,12 +128,21 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         with contextlib.suppress(OSError, ValueError):
             env.stderr.write(f"specwatch: {path}: {msg}\n")
 
+    incidents: list[Store] = []
+
+    def counted(path: str) -> int:
+        # The furthest line already counted for this path's incidents: a file that lost track of the one before
+        # it is numbered past it (opened on first use, on the checkpoints' connection and thread).
+        if not incidents:
+            incidents.append(Store(store.conn))
+        return incidents[0].lines_counted(args.source or path)
+
     wake = threading.Event()
     stop = stop or threading.Event()
     followed = specs(targets, args.include or ["*.log"])
     for line in following(followed, args.journal, args.from_start, store):
         say("watching", line)
-    follower = Follower(followed, make, checkpoints=store, from_start=args.from_start,
+    follower = Follower(followed, make, checkpoints=store, counted=counted, from_start=args.from_start,
                         ignore_older=ignore_days * 86400, on_error=say, on_notice=say, ready=ready)
     journals = [JournalFollower(u, make, checkpoints=store, from_start=args.from_start, wake=wake, on_error=say,
                                 ready=ready) for u in args.journal]
