@@ -43,8 +43,7 @@ def test_lines_read_again_after_kill_keep_their_numbers(tmp_path: Path, store: C
 
 
 def test_copy_truncate_while_killed_numbers_past_what_was_counted(tmp_path: Path, store: Checkpoints) -> None:
-    """A copy-truncate after kill -9, of a file checkpointed while empty: the new lines are numbered past the
-    failure the store counted, not from 1 again."""
+    """A copy-truncate while killed, of a file checkpointed empty: new lines are numbered past the counted ones."""
     rec = Recorder()
     log = killed_after_reading(tmp_path, store, rec)
     shutil.copyfile(log, tmp_path / "server.log.1")
@@ -57,8 +56,7 @@ def test_copy_truncate_while_killed_numbers_past_what_was_counted(tmp_path: Path
 
 
 def test_file_begun_before_kill_is_numbered_as_before(tmp_path: Path, store: Checkpoints) -> None:
-    """A rotation, then kill -9 before the checkpoint reached the new file: the restart drains the old file and
-    numbers the new one exactly as the killed process did."""
+    """A rotation, then kill -9 before the checkpoint moved: the restart numbers the new file as the killed one did."""
     rec = Recorder()
     log = tmp_path / "server.log"
     log.write_bytes(b"")
