@@ -71,3 +71,23 @@ def test_file_begun_before_kill_is_numbered_as_before(tmp_path: Path, store: Che
     f.step()
     rec.follower([log], store, counted=lambda _p: 7).step()
     assert rec.lines == [3, 7, 7]
+
+
+def test_file_shrunk_under_the_same_first_bytes_is_a_new_file(tmp_path: Path, store: Checkpoints) -> None:
+    """A file cut below its checkpoint while stopped, its first KiB unchanged, is numbered past the old lines."""
+    rec = Recorder()
+    log = tmp_path / "server.log"
+    log.write_bytes(b"")
+    f = rec.follower([log], store)
+    f.step()
+    head = b"".join(b"srv  update_slots: all slots are idle (%d)\n" % i for i in range(40))  # > 1 KiB
+    append(log, head + block())
+    f.step()
+    f.close()
+    with log.open("r+b") as fh:
+        fh.truncate(len(head))
+    f = rec.follower([log], store, counted=lambda _p: 43)
+    f.step()
+    append(log, block())
+    f.step()
+    assert rec.lines[0] == 43 and rec.lines[-1] > 43

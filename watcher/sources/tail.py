@@ -351,28 +351,25 @@ class Follower:
         assert s.fd is not None
         started = self.checkpoints.file_start(f"file:{s.path}") if self.checkpoints is not None else None
         mine = started is not None and same_file(started[0], s.fd, st)
-        if resume and cp is not None and same_file(cp.identity, s.fd, st) and cp.offset <= st.st_size:
-            if started is None:  # written before file starts were kept
+        here = cp is not None and same_file(cp.identity, s.fd, st)
+        # The checkpoint is of this very file when no file start is kept (written before they were), or when it
+        # is past this file's start or at its very start; otherwise it is of an older file that a short identity
+        # cannot tell apart (a copy-truncate of a file checkpointed while empty).
+        if resume and cp is not None and here and (started is None or (mine and (
+                cp.lines > started[1] or (cp.lines == started[1] and cp.offset == 0)))):
+            if cp.offset <= st.st_size:
                 s.analyzer.framer.lines = cp.lines
                 s.analyzer.stream.continue_runs(cp.runs)
-                s.base = cp.lines - count_lines(s.fd, cp.offset)
+                s.base = cp.lines - count_lines(s.fd, cp.offset) if started is None else started[1]
                 return cp.offset
-            # Past the file start, or at its very start: the checkpoint is of this file, not of an older one
-            # that a short identity cannot tell apart (a copy-truncate of a file checkpointed while empty).
-            if mine and (cp.lines > started[1] or (cp.lines == started[1] and cp.offset == 0)):
-                s.analyzer.framer.lines = cp.lines
-                s.analyzer.stream.continue_runs(cp.runs)
-                s.base = started[1]
-                return cp.offset
+            mine = False  # shrunk under the same first bytes: rewritten, a new file
+        if cp is not None and not here:
+            self._drain_replaced(s, cp)
         if cp is None and started is None:
             s.base = 0
-        elif mine:
-            if cp is not None and not same_file(cp.identity, s.fd, st):
-                self._drain_replaced(s, cp)
-            s.base = started[1]  # type: ignore[index]
+        elif mine and started is not None:
+            s.base = started[1]
         else:
-            if cp is not None and not same_file(cp.identity, s.fd, st):
-                self._drain_replaced(s, cp)
             s.base = max(s.analyzer.lines, cp.lines if cp else 0, started[1] if started else 0, self._counted(s))
         s.analyzer.framer.lines = s.base
         if cp is not None:
