@@ -181,10 +181,10 @@ def following(followed: list[Spec], units: list[str], from_start: bool, checkpoi
     out = []
     for spec in followed:
         if spec.kind == "dir":
-            n = len(spec.files())
+            n = len({os.path.realpath(f) for f in spec.files()})  # one file under several names is followed once
             out.append(f"{spec.path}/ ({', '.join(spec.include)}, {n} file{'s' if n != 1 else ''} now, {where})")
         elif spec.kind == "glob":
-            n = len(spec.files())
+            n = len({os.path.realpath(f) for f in spec.files()})
             out.append(f"{spec.path} ({n} file{'s' if n != 1 else ''} now, {where})")
         elif os.path.lexists(spec.path):
             cp = checkpoints.get(f"file:{spec.path}")
