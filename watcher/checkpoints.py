@@ -134,23 +134,29 @@ class Checkpoints:
                                 (stream,)).fetchone()
         return (Identity(int(row[0]), int(row[1]), int(row[2]), str(row[3])), int(row[4])) if row else None
 
-    def save_file_starts(self, starts: Iterable[tuple[str, Identity, int]], now: float | None = None) -> None:
-        """Record (stream, file identity, lines before it) in one transaction."""
+    def save_file_starts(self, starts: Iterable[tuple[str, Identity, int]], now: float | None = None,
+                         wait: float = db.BUSY_TIMEOUT) -> None:
+        """Record (stream, file identity, lines before it) in one transaction, waiting at most ``wait`` seconds
+        for another process's write lock (``sqlite3.OperationalError`` then: nothing was written)."""
         stamp = time.time() if now is None else now
         rows = [(stream, i.dev, i.ino, i.head_len, i.head_hash, lines, stamp) for stream, i, lines in starts]
         if not rows:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         try:
-            self.conn.executemany(
-                "INSERT INTO file_starts (stream, dev, ino, head_len, head_hash, lines, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
-                "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
-                "lines = excluded.lines, updated = excluded.updated", rows)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany(
+                    "INSERT INTO file_starts (stream, dev, ino, head_len, head_hash, lines, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
+                    "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
+                    "lines = excluded.lines, updated = excluded.updated", rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={int(db.BUSY_TIMEOUT * 1000)}")
 
     def forget(self, streams: Iterable[str]) -> None:
         """Drop the checkpoints of streams that are gone for good."""

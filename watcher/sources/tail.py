@@ -27,6 +27,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watcher import db
 from watcher.checkpoints import Checkpoint, Checkpoints, Identity
 from watcher.pipeline import Analyzer
 
@@ -46,6 +48,8 @@ ROTATE_WAIT = 5.0
 _GLOB_CHARS = frozenset("*?[")
 #: Opening never waits (a FIFO without a writer); regular files read the same with it. Not on Windows.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: Seconds a pass waits for another process's write lock to record where a new file began numbering.
+START_WAIT = 0.05
 
 
 def count_lines(fd: int, end: int) -> int:
@@ -269,15 +273,17 @@ class Follower:
         recorded: they are released after this pass), and again while its identity still grows."""
         if self.checkpoints is None:
             return
-        out = []
-        for s in self.streams.values():
-            if s.base is None or s.ident is None:
-                continue
-            sig = (s.ident, s.base)
-            if sig != s.saved_start:
-                out.append((f"file:{s.path}", s.ident, s.base))
-                s.saved_start = sig
-        self.checkpoints.save_file_starts(out)
+        out = [s for s in self.streams.values() if s.base is not None and (s.ident, s.base) != s.saved_start]
+        rows = [(f"file:{s.path}", s.ident, s.base) for s in out if s.ident is not None and s.base is not None]
+        try:
+            # A short wait: another process holding the write lock must not stall following.
+            self.checkpoints.save_file_starts(rows, wait=START_WAIT)
+        except sqlite3.OperationalError as exc:
+            if not db.transient(exc):
+                raise
+            return  # kept, and written by a later pass (a restart before that may count these lines twice)
+        for s in out:
+            s.saved_start = (s.ident, s.base)
 
     def close(self) -> None:
         """Write final checkpoints and close every file."""
