@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from .helpers import ROOT
+
+pytestmark = pytest.mark.faults
 
 #: The modules whose tests are the promises of the reliability section.
 MODULES = ("test_watch_faults.py", "test_numbering.py", "test_soak.py")

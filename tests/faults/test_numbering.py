@@ -13,6 +13,8 @@ from watcher.checkpoints import Checkpoints
 
 from .helpers import append, block
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Checkpoints:

@@ -11,11 +11,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from watcher.incidents import Incident
 from watcher.store import Store
 
 from .helpers import ROOT, Watch, append, block, wait_for
 from .test_watch_faults import rotate
+
+pytestmark = pytest.mark.faults
 
 SEED = 14
 ROUNDS = 20

@@ -20,6 +20,8 @@ from watcher.store import Store
 
 from .helpers import DEADLINE, ROOT, Watch, append, block, wait_for
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def watch(tmp_path: Path):  # type: ignore[no-untyped-def]
