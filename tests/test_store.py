@@ -104,6 +104,21 @@ def test_replay_of_a_resolved_occurrence_changes_nothing(store: Store) -> None:
     assert store.get(i.key).status == "resolved"  # type: ignore[union-attr]
 
 
+def test_failure_resolved_before_it_settled_is_recorded(store: Store) -> None:
+    """A failure first reported already resolved is stored resolved, and history shows it opened then resolved."""
+    i = inc()
+    i.status, i.resolution = "resolved", "speculation works again in run 2 (line 6)"
+    what, row = store.record(i.as_dict(), "resolved", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    assert what == "resolved" and row is not None
+    assert (row.status, row.count, row.resolved_at, row.resolution) == ("resolved", 1, 1.0, i.resolution)
+    assert [(h[2], h[3]) for h in store.history()] == [("resolved", i.resolution), ("opened", "")]
+    # The same lines read again by another process are the same occurrence: nothing changes.
+    assert store.record(i.as_dict(), "resolved", 2.0, Occurrence.of(i.as_dict(), "watch-2"))[0] == "unchanged"
+    i.status = "open"
+    assert store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "scan-1"))[0] == "unchanged"
+    assert len(store.history()) == 2
+
+
 def test_rows_from_before_occurrences_reopen_as_before(tmp_path: Path) -> None:
     """An incident stored by the previous schema (no occurrence recorded) keeps the previous rule: reopen."""
     conn = sqlite3.connect(tmp_path / "old.db")
@@ -132,14 +147,6 @@ def test_acknowledge_hook_runs_in_the_transaction(store: Store) -> None:
         store.acknowledge([i.key], "", 2.0, boom)
     assert store.get(i.key).status == "open"  # type: ignore[union-attr]
     assert [h[2] for h in store.history()] == ["opened"]
-
-
-def test_resolve_of_unknown_is_unchanged(store: Store) -> None:
-    """A resolution for an incident never stored does nothing."""
-    i = inc()
-    i.status = "resolved"
-    assert store.record(i.as_dict(), "resolved", 1.0)[0] == "unchanged"
-    assert store.open_incidents() == []
 
 
 def test_prefix_ids(store: Store) -> None:

@@ -6,6 +6,11 @@ no line is missed, and a line processed twice can only re-raise an incident the 
 under the same ``Incident.key``. The line count is saved with the offset, so the lines read again keep
 their numbers: the store sees the same occurrence (``watcher.store.Occurrence``), which neither reopens
 an acknowledged incident nor counts as a repeat.
+
+Line numbers belong to a followed path, not to one file: after a rotation the new file's lines are numbered on
+from the old one's, so a failure in the new file never takes the number of one already counted. Which number a
+path's newest file starts from is written at once when it is opened (``file_starts``), ahead of the checkpoint
+(which waits for the store): a process started after a ``kill -9`` numbers that file as the killed one did.
 """
 
 from __future__ import annotations
@@ -35,6 +40,18 @@ MIGRATIONS = [
     """,
     # Runs seen up to the checkpoint, so a restarted watcher numbers the next run where the last one stopped.
     "ALTER TABLE checkpoints ADD COLUMN runs INTEGER NOT NULL DEFAULT 0",
+    # Where each path's newest file, read from its start, began numbering its lines.
+    """
+    CREATE TABLE file_starts (
+        stream    TEXT PRIMARY KEY,
+        dev       INTEGER NOT NULL,
+        ino       INTEGER NOT NULL,
+        head_len  INTEGER NOT NULL,
+        head_hash TEXT NOT NULL,
+        lines     INTEGER NOT NULL,
+        updated   REAL NOT NULL
+    )
+    """,
 ]
 
 
@@ -110,6 +127,36 @@ class Checkpoints:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def file_start(self, stream: str) -> tuple[Identity, int] | None:
+        """The newest file of ``stream`` read from its start, and the line count its numbering began after."""
+        row = self.conn.execute("SELECT dev, ino, head_len, head_hash, lines FROM file_starts WHERE stream = ?",
+                                (stream,)).fetchone()
+        return (Identity(int(row[0]), int(row[1]), int(row[2]), str(row[3])), int(row[4])) if row else None
+
+    def save_file_starts(self, starts: Iterable[tuple[str, Identity, int]], now: float | None = None,
+                         wait: float = db.BUSY_TIMEOUT) -> None:
+        """Record (stream, file identity, lines before it) in one transaction, waiting at most ``wait`` seconds
+        for another process's write lock (``sqlite3.OperationalError`` then: nothing was written)."""
+        stamp = time.time() if now is None else now
+        rows = [(stream, i.dev, i.ino, i.head_len, i.head_hash, lines, stamp) for stream, i, lines in starts]
+        if not rows:
+            return
+        self.conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany(
+                    "INSERT INTO file_starts (stream, dev, ino, head_len, head_hash, lines, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
+                    "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
+                    "lines = excluded.lines, updated = excluded.updated", rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={int(db.BUSY_TIMEOUT * 1000)}")
 
     def forget(self, streams: Iterable[str]) -> None:
         """Drop the checkpoints of streams that are gone for good."""

@@ -38,6 +38,13 @@ class Sink(Protocol):
         """Flush and release resources at exit."""
 
 
+class DurableSink(Protocol):
+    """A sink that writes incidents to durable storage behind a queue."""
+
+    def pending(self) -> int:
+        """Incident changes accepted but not yet durably written."""
+
+
 class EventSink(Protocol):
     """A sink that also wants every recognised event."""
 
@@ -117,6 +124,10 @@ class Dispatcher:
                 del self._pending[id(inc)]
         for inc in ready:
             self._release(inc)
+
+    def durable(self) -> bool:
+        """Whether every incident change released so far is durably written by the sinks that store them."""
+        return all(pending() == 0 for s in self.sinks if (pending := getattr(s, "pending", None)) is not None)
 
     def flush(self) -> None:
         """Release everything now (end of input)."""

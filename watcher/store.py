@@ -4,8 +4,10 @@ An incident row is keyed by ``Incident.key`` and has a lifecycle: ``open`` -> ``
 with an optional note) or ``resolved`` (the server later loaded with working speculation). A *new
 occurrence* (see :class:`Occurrence`) after ``resolved`` or ``acknowledged`` opens it again in a new
 *generation* (the outbox keys its messages by generation, so a reopened incident is announced again: an
-acknowledgement ends the alert, so it must not silence the next failure); a new occurrence of an open one
-bumps ``count``. A reader of a restart loop records its incident again with a higher ``count``: the loads it
+acknowledgement ends the alert, so it must not silence the next failure). A failure first reported already
+resolved (it recovered before it settled) is stored ``resolved``, logged as opened then resolved, and not
+announced (its ``resolved`` message needs an announced ``opened``). A new occurrence of an open one bumps
+``count``. A reader of a restart loop records its incident again with a higher ``count``: the loads it
 adds are new occurrences, so the first of them after an acknowledgement reopens it. The same occurrence read
 again (a second ``scan`` of a file, ``watch --from-start``, the lines a restarted ``watch`` reads again after
 its last checkpoint) changes no status and no count. Every transition is also written to ``incident_log`` for
@@ -230,7 +232,15 @@ class Store:
             fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
                       json.dumps(inc.get("slots", [])), json.dumps(inc.get("evidence", [])[:8]),
                       inc.get("hint", ""), json.dumps(_details(inc)))
-            if change == "resolved" or inc.get("status") == "resolved":
+            if (change == "resolved" or inc.get("status") == "resolved") and old is None:
+                # It failed and recovered before it settled: the failure happened, so it is stored, and
+                # history shows it opened, then resolved.
+                c.execute(f"INSERT INTO incidents ({_COLUMNS}) VALUES "  # noqa: S608
+                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'resolved', '', NULL, ?, ?, ?)",
+                          (key, *fields[:8], now, now, now, times, now, inc.get("resolution", ""), fields[8]))
+                c.execute("INSERT INTO incident_log (key, at, what, note) VALUES (?, ?, 'opened', '')", (key, now))
+                what = "resolved"
+            elif change == "resolved" or inc.get("status") == "resolved":
                 if old is None or old.status == "resolved" or (not new and occ.line < (seen[2] or 0)
                                                                and occ.reader != seen[0]):
                     what = "unchanged"  # nothing to resolve, or the resolution of an older occurrence read again
@@ -260,7 +270,7 @@ class Store:
                           "evidence = ?, hint = ?, details = ?, last_seen = ?, count = count + ? WHERE key = ?",
                           (*fields, now, bump, key))
                 what = "repeat" if bump else "updated"
-            if what in ("opened", "reopened", "repeat"):
+            if what in ("opened", "reopened", "repeat") or old is None:
                 c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, occ_count = ?, "
                           "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?) WHERE key = ?",
                           (occ.reader, occ.run, occ.line, times, occ.line, occ.line, key))
@@ -281,6 +291,11 @@ class Store:
             if then is not None and row is not None:
                 then(c, what, row)
         return what, row
+
+    def lines_counted(self, source: str) -> int:
+        """The furthest first line of an occurrence counted for ``source``'s incidents (0: none)."""
+        r = self.conn.execute("SELECT MAX(occ_max_line) FROM incidents WHERE source = ?", (source,)).fetchone()
+        return int(r[0] or 0) if r else 0
 
     def resolve_id(self, prefix: str) -> str | None:
         """The full key an id (or a unique prefix of one, as ``status`` prints them) names."""

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
 from watcher.sources.journal import JournalFollower
 from watcher.sources.tail import Follower, Spec, run_loop, specs
+from watcher.store import Store
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_POLL_INTERVAL = 0.5
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         ignore_days = ignore_days or 2.0
     if not targets and not args.journal:
         raise UsageError("watch: give at least one PATH, --lmstudio or --journal UNIT")
+    for t in targets:
+        _refuse_special(t)
     ctx = build_context(args, env)
     wiring = wire(ctx, env)
     disp = wiring.dispatcher
@@ -110,10 +114,11 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         last_change[0] = time.monotonic()
 
     def ready() -> bool:
-        # Checkpoints wait until every incident the processed lines raised has reached the sinks.
+        # Checkpoints wait until every incident the processed lines raised is in the database: a checkpoint
+        # written while one is still queued in memory would skip its lines after a kill -9.
         now = time.monotonic()
         disp.tick()
-        return now - last_change[0] >= ctx.settle
+        return now - last_change[0] >= ctx.settle and disp.durable()
 
     def make(source: str) -> Analyzer:
         name = args.source or source.removeprefix("journal:")
@@ -123,12 +128,21 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         with contextlib.suppress(OSError, ValueError):
             env.stderr.write(f"specwatch: {path}: {msg}\n")
 
+    incidents: list[Store] = []
+
+    def counted(path: str) -> int:
+        # The furthest line already counted for this path's incidents: a file that lost track of the one before
+        # it is numbered past it (opened on first use, on the checkpoints' connection and thread).
+        if not incidents:
+            incidents.append(Store(store.conn))
+        return incidents[0].lines_counted(args.source or path)
+
     wake = threading.Event()
     stop = stop or threading.Event()
     followed = specs(targets, args.include or ["*.log"])
     for line in following(followed, args.journal, args.from_start, store):
         say("watching", line)
-    follower = Follower(followed, make, checkpoints=store, from_start=args.from_start,
+    follower = Follower(followed, make, checkpoints=store, counted=counted, from_start=args.from_start,
                         ignore_older=ignore_days * 86400, on_error=say, on_notice=say, ready=ready)
     journals = [JournalFollower(u, make, checkpoints=store, from_start=args.from_start, wake=wake, on_error=say,
                                 ready=ready) for u in args.journal]
@@ -146,12 +160,13 @@ def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None
         if observer is not None:
             observer.stop()
             observer.join(2)
-        disp.flush()
-        last_change[0] = float("-inf")  # everything processed was delivered: checkpoints may be written
+        # Record everything processed first (closing the sinks drains the recorder), then write the final
+        # checkpoints: they cover only what the store holds.
+        disp.close()
+        last_change[0] = float("-inf")
         for j in journals:
             j.close()
         follower.close()
-        disp.close()
         store.close()
         restore()
     if signalled and signalled[-1] == signal.SIGINT:
@@ -166,10 +181,10 @@ def following(followed: list[Spec], units: list[str], from_start: bool, checkpoi
     out = []
     for spec in followed:
         if spec.kind == "dir":
-            n = len(spec.files())
+            n = len({os.path.realpath(f) for f in spec.files()})  # one file under several names is followed once
             out.append(f"{spec.path}/ ({', '.join(spec.include)}, {n} file{'s' if n != 1 else ''} now, {where})")
         elif spec.kind == "glob":
-            n = len(spec.files())
+            n = len({os.path.realpath(f) for f in spec.files()})
             out.append(f"{spec.path} ({n} file{'s' if n != 1 else ''} now, {where})")
         elif os.path.lexists(spec.path):
             cp = checkpoints.get(f"file:{spec.path}")
@@ -178,6 +193,20 @@ def following(followed: list[Spec], units: list[str], from_start: bool, checkpoi
             out.append(f"{spec.path} (does not exist yet: read from its start once it appears)")
     out += [f"journal of {unit} ({where})" for unit in units]
     return out
+
+
+def _refuse_special(path: str) -> None:
+    """A FIFO, socket or device named as a log is a usage error: it cannot be followed like a file (opening a
+    FIFO waits for a writer; reading it consumes what the server's own reader should get)."""
+    try:
+        mode = Path(path).expanduser().stat().st_mode
+    except OSError:
+        return  # absent (followed once it appears) or a glob
+    what = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None)
+    if what is not None:
+        raise UsageError(f"{path}: {what}, not a log file; watch follows files and directories "
+                         f"(to analyse a stream, pipe it: specwatch < {path})")
 
 
 def _install_signals(stop: threading.Event, wake: threading.Event, seen: list[int]) -> Callable[[], None]:

@@ -84,8 +84,15 @@ class StoreSink:
         self._history_read = threading.Event()
         self._book: LoadBook | None = None
         self._loads_written = 0
-        #: Changes taken from the queue and not yet stored, oldest first (the recorder thread's own).
+        #: Changes taken from the queue and not yet stored, oldest first (the recorder thread's own); each entry
+        #: is (record, change, time, how many queued items it stands for, merged ones included).
         self.backlog: deque[list[Any]] = deque()
+        # Items queued, and of those committed to the database: ``watch`` checkpoints wait until they are equal.
+        # One refused for good is never committed: the checkpoints stay before its lines, so a restart reads
+        # them again.
+        self._accepted = 0
+        self._accepted_lock = threading.Lock()
+        self._committed = 0  # the recorder thread's own
         #: Attempts the database refused (a lock, a full disk), for the notices and the tests.
         self.refused = 0
         self._closing = False
@@ -113,11 +120,19 @@ class StoreSink:
 
     def incident(self, inc: Incident, change: str) -> None:
         """Queue a snapshot; the analysis thread never waits for the disk or the network."""
+        with self._accepted_lock:
+            self._accepted += 1
         self.queue.put((inc.as_dict(), change, self.env.clock()))
 
     def load(self, rec: dict[str, Any]) -> None:
         """Queue a load record (watcher.loads); the recorder thread writes it like an incident change."""
+        with self._accepted_lock:
+            self._accepted += 1
         self.queue.put((rec, "load", self.env.clock()))
+
+    def pending(self) -> int:
+        """Items queued and not yet committed to the database."""
+        return self._accepted - self._committed
 
     def history(self) -> History | None:
         """Earlier loads from the store. Asked by the analysis thread (never the pipe's) when a warning needs
@@ -196,10 +211,11 @@ class StoreSink:
                 return
             self._take_ready()
             try:
-                self._record(outbox, *self.backlog[0])
+                self._record(outbox, *self.backlog[0][:3])
             except Exception as exc:  # noqa: BLE001 - a full disk must not stop the watcher
                 if not db.transient(exc):
-                    # Not something waiting cures (a bug, a constraint): report it and go on with the others.
+                    # Not something waiting cures (a bug, a constraint): report it and go on with the others. It
+                    # stays uncommitted: ``watch`` keeps its checkpoints before it, and reads it again after a restart.
                     self._log(f"specwatch: cannot record incident: {exc}")
                     self.backlog.popleft()
                     continue
@@ -210,7 +226,7 @@ class StoreSink:
                 self._wait(delay)
                 delay = min(RETRY_MAX, delay * 2)
                 continue
-            self.backlog.popleft()
+            self._committed += self.backlog.popleft()[3]
             if waiting and not self.backlog:
                 waiting, delay = False, RETRY_FIRST
                 self._log("specwatch: incidents recorded again; none lost")
@@ -228,15 +244,16 @@ class StoreSink:
                 continue
             if change == "load":
                 if i > 0:
-                    self.backlog[i] = [inc, change, now]  # a newer snapshot of the same load replaces the older
+                    # a newer snapshot of the same load replaces the older
+                    self.backlog[i] = [inc, change, now, waiting[3] + 1]
                     return True
                 break
             if i > 0 and ((change == "updated" and waiting[1] != "resolved") or len(self.backlog) >= BACKLOG):
                 # Entry 0 is being written right now: never changed under the writer.
-                self.backlog[i] = [inc, waiting[1] if change == "updated" else change, now]
+                self.backlog[i] = [inc, waiting[1] if change == "updated" else change, now, waiting[3] + 1]
                 return True
             break
-        self.backlog.append([inc, change, now])
+        self.backlog.append([inc, change, now, 1])
         return True
 
     def _take_ready(self) -> None:

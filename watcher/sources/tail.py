@@ -11,6 +11,10 @@ that appears while following, or while specwatch was down under a root it alread
 from byte 0; a file with a checkpoint resumes there if it is still the same file (same device, inode
 and first bytes). If the file at a path was replaced while specwatch was down, the old one is looked
 for by identity next to it (``app.log.1``) and drained from the checkpoint before the new one is read.
+
+Line numbers are the path's, not one file's: a file read from its start after a rotation, a truncation or a
+replacement is numbered on from the lines before it (see ``watcher.checkpoints``), so an occurrence in it is
+never taken for one already counted.
 """
 
 # ruff: noqa: PTH100, PTH111, PTH112, PTH116, PTH118, PTH120, PTH207
@@ -23,6 +27,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watcher import db
 from watcher.checkpoints import Checkpoint, Checkpoints, Identity
 from watcher.pipeline import Analyzer
 
@@ -40,6 +46,10 @@ CHUNK = 1024 * 1024
 #: How long a file whose path vanished is still drained (a writer may not have reopened yet).
 ROTATE_WAIT = 5.0
 _GLOB_CHARS = frozenset("*?[")
+#: Opening never waits (a FIFO without a writer); regular files read the same with it. Not on Windows.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: Seconds a pass waits for another process's write lock to record where a new file began numbering.
+START_WAIT = 0.05
 
 
 def count_lines(fd: int, end: int) -> int:
@@ -151,6 +161,10 @@ class FileStream:
     size: int = -1  # size at the last check, to skip head checks on idle files
     gone_since: float | None = None
     saved: tuple[object, ...] = field(default=())
+    #: The path's line count before the current file, when it was read from byte 0 (None: resumed, or
+    #: started at its end, where its content alone decides the numbers).
+    base: int | None = None
+    saved_start: tuple[object, ...] = field(default=())
 
     def checkpoint(self) -> Checkpoint | None:
         """Where a restart must resume: the end of the last complete line fed."""
@@ -169,6 +183,7 @@ class Follower:
         make_analyzer: Callable[[str], Analyzer],
         *,
         checkpoints: Checkpoints | None = None,
+        counted: Callable[[str], int] | None = None,
         from_start: bool = False,
         ignore_older: float = 0.0,
         on_error: Callable[[str, str], None] | None = None,
@@ -179,6 +194,9 @@ class Follower:
         self.specs = list(specs)
         self.make_analyzer = make_analyzer
         self.checkpoints = checkpoints
+        #: The furthest line of a path whose occurrences were already counted (the incident store); a file
+        #: at a path that lost track of its predecessor is numbered past it.
+        self.counted = counted
         self.from_start = from_start
         self.ignore_older = ignore_older
         self.on_error = on_error
@@ -202,10 +220,7 @@ class Follower:
             self._known_roots = {s.key for s in self.specs
                                  if self.checkpoints is not None and self.checkpoints.get(s.key)}
         now = self.clock()
-        wanted: dict[str, Spec] = {}
-        for spec in self.specs:
-            for p in spec.files():
-                wanted.setdefault(p, spec)
+        wanted = self._one_path_per_file()
         for path, spec in wanted.items():
             if path in self.streams:
                 continue
@@ -217,8 +232,23 @@ class Follower:
         for s in list(self.streams.values()):
             self._follow(s, now)
         self._first = False
+        self._save_starts()
         self.commit()
         return self.counters["bytes"] - before
+
+    def _one_path_per_file(self) -> dict[str, Spec]:
+        """Every path to follow, one per real file: a symlink beside a log, or a symlink loop under a glob
+        (``a/loop/loop/...``), would otherwise follow one file under many names and report each failure again."""
+        best: dict[str, tuple[tuple[bool, bool, int, str], Spec]] = {}
+        for spec in self.specs:
+            for p in spec.files():
+                # The name already followed stays; otherwise the file's own name, else the shortest: a restart
+                # picks the same one, so its checkpoint is found.
+                real = os.path.realpath(p)
+                rank = (p not in self.streams, p != real, p.count(os.sep), p)
+                if real not in best or rank < best[real][0]:
+                    best[real] = (rank, spec)
+        return {rank[3]: spec for rank, spec in best.values()}
 
     def commit(self) -> None:
         """Write the checkpoints of streams that moved, once everything they raised was delivered."""
@@ -237,6 +267,23 @@ class Follower:
             out.extend(Checkpoint(spec.key, Identity(0, 0, 0, ""), 0, 0) for spec in self.specs)
             self._saved_roots = True
         self.checkpoints.save(out)
+
+    def _save_starts(self) -> None:
+        """Record at once where each file read from its start began numbering (before its incidents can be
+        recorded: they are released after this pass), and again while its identity still grows."""
+        if self.checkpoints is None:
+            return
+        out = [s for s in self.streams.values() if s.base is not None and (s.ident, s.base) != s.saved_start]
+        rows = [(f"file:{s.path}", s.ident, s.base) for s in out if s.ident is not None and s.base is not None]
+        try:
+            # A short wait: another process holding the write lock must not stall following.
+            self.checkpoints.save_file_starts(rows, wait=START_WAIT)
+        except sqlite3.OperationalError as exc:
+            if not db.transient(exc):
+                raise
+            return  # kept, and written by a later pass (a restart before that may count these lines twice)
+        for s in out:
+            s.saved_start = (s.ident, s.base)
 
     def close(self) -> None:
         """Write final checkpoints and close every file."""
@@ -258,7 +305,7 @@ class Follower:
         if self.checkpoints is None or self.checkpoints.get(f"file:{path}") is not None:
             return
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | _NONBLOCK)
         except OSError:
             return
         try:
@@ -282,21 +329,61 @@ class Follower:
         assert s.fd is not None
         st = os.fstat(s.fd)
         cp = self.checkpoints.get(f"file:{path}") if self.checkpoints is not None else None
-        start = 0
-        if cp is not None:
-            if same_file(cp.identity, s.fd, st):
-                start = cp.offset if cp.offset <= st.st_size else 0
-                s.analyzer.framer.lines = cp.lines if start else 0
-                s.analyzer.stream.continue_runs(cp.runs if start else 0)
-            else:
-                self._drain_replaced(s, cp)
-        elif self._first and spec.key not in self._known_roots and not self.from_start:
+        if cp is None and self._first and spec.key not in self._known_roots and not self.from_start:
+            # Seen for the first time: start at its end. The history is skipped, not its line count: evidence
+            # keeps the line numbers scan would give.
             start = st.st_size
-            # The history is skipped, not its line count: evidence keeps the line numbers scan would give.
             s.analyzer.framer.lines = count_lines(s.fd, start)
+            s.base = 0
+        else:
+            start = self._place(s, st, cp)
         os.lseek(s.fd, start, os.SEEK_SET)
         s.offset = start
         s.ident = identity(s.fd, st)
+
+    def _place(self, s: FileStream, st: os.stat_result, cp: Checkpoint | None, resume: bool = True) -> int:
+        """Where to read the file just opened for ``s`` from, and what to number its lines from.
+
+        Two records say where a previous process got to: the checkpoint (which trails the incident store) and
+        the file start (the file it was reading and the line count before that file, written at once, its
+        identity kept up to date as the file's first KiB fills). The checkpoint is resumed only if it is of
+        this very file. A file the previous process started is read from its start and numbered as it did:
+        its lines are the same occurrences. Any other file at a path read before is new to everyone: the rest
+        of the checkpointed file is read if it is found next to it, and the new one is numbered past the
+        checkpoint, that file start and every line the store counted for the path (the previous process may
+        have counted lines after its checkpoint that are gone now, with a copy-truncate). A path never seen
+        before is read from its start with the numbers ``scan`` gives.
+        """
+        assert s.fd is not None
+        started = self.checkpoints.file_start(f"file:{s.path}") if self.checkpoints is not None else None
+        mine = started is not None and same_file(started[0], s.fd, st)
+        here = cp is not None and same_file(cp.identity, s.fd, st)
+        # The checkpoint is of this very file when no file start is kept (written before they were), or when it
+        # is past this file's start or at its very start; otherwise it is of an older file that a short identity
+        # cannot tell apart (a copy-truncate of a file checkpointed while empty).
+        if resume and cp is not None and here and (started is None or (mine and (
+                cp.lines > started[1] or (cp.lines == started[1] and cp.offset == 0)))):
+            if cp.offset <= st.st_size:
+                s.analyzer.framer.lines = cp.lines
+                s.analyzer.stream.continue_runs(cp.runs)
+                s.base = cp.lines - count_lines(s.fd, cp.offset) if started is None else started[1]
+                return cp.offset
+            mine = False  # shrunk under the same first bytes: rewritten, a new file
+        if cp is not None and not here:
+            self._drain_replaced(s, cp)
+        if cp is None and started is None:
+            s.base = 0
+        elif mine and started is not None:
+            s.base = started[1]
+        else:
+            s.base = max(s.analyzer.lines, cp.lines if cp else 0, started[1] if started else 0, self._counted(s))
+        s.analyzer.framer.lines = s.base
+        if cp is not None:
+            s.analyzer.stream.continue_runs(cp.runs)  # run numbers go on too (after any drained ones)
+        return 0
+
+    def _counted(self, s: FileStream) -> int:
+        return self.counted(s.path) if self.counted is not None else 0
 
     def _drain_replaced(self, s: FileStream, cp: Checkpoint) -> None:
         """The file at this path was replaced while specwatch was down: read the rest of the old one."""
@@ -308,8 +395,8 @@ class Follower:
         try:
             # Same inode but other first bytes: it was truncated and rewritten before it was moved.
             os.lseek(fd, cp.offset if same else 0, os.SEEK_SET)
-            s.analyzer.framer.lines = cp.lines if same else 0
-            s.analyzer.stream.continue_runs(cp.runs if same else 0)
+            s.analyzer.framer.lines = cp.lines
+            s.analyzer.stream.continue_runs(cp.runs)
             n, partial = self._pump(fd, s.analyzer)
             if partial:
                 s.analyzer.feed(b"\n")
@@ -345,7 +432,13 @@ class Follower:
             if os.path.lexists(s.path) and self._open(s):
                 assert s.fd is not None
                 self._notice(s.path, "appeared; reading it from its start")
-                s.ident = identity(s.fd, os.fstat(s.fd))
+                st = os.fstat(s.fd)
+                if s.ident is None:  # the first file this process sees at the path
+                    cp = self.checkpoints.get(f"file:{s.path}") if self.checkpoints is not None else None
+                    self._place(s, st, cp, resume=False)  # it was absent: not the checkpointed file
+                else:  # it had a file: this one is new, numbered on
+                    s.base = s.analyzer.lines
+                s.ident = identity(s.fd, st)
                 s.offset = s.partial = 0
                 s.gone_since = None
                 self._read(s)
@@ -381,6 +474,7 @@ class Follower:
             if self._open(s):
                 assert s.fd is not None
                 self._notice(s.path, "rotated; following the new file from its start")
+                s.base = s.analyzer.lines
                 s.ident = identity(s.fd, os.fstat(s.fd))
                 s.offset = s.partial = 0
                 s.size = -1
@@ -391,6 +485,7 @@ class Follower:
         self._end_partial(s)
         os.lseek(s.fd, 0, os.SEEK_SET)
         s.offset = s.partial = 0
+        s.base = s.analyzer.lines  # the rewritten file is numbered on, not from 1
         s.ident = identity(s.fd, os.fstat(s.fd))
         self.counters["truncations"] += 1
         self._notice(s.path, why)
@@ -427,7 +522,8 @@ class Follower:
 
     def _open(self, s: FileStream) -> bool:
         try:
-            fd = os.open(s.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # Non-blocking: opening a FIFO with no writer would otherwise block here for ever, deaf to SIGTERM.
+            fd = os.open(s.path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return False
         except OSError as exc:
