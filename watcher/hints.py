@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from watcher.incidents import Incident, basename
 
 if TYPE_CHECKING:
-    from watcher.state import Run
+    from watcher.state.model import Run
 
 
 def _m(v: float) -> str:
