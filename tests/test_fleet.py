@@ -87,3 +87,22 @@ def test_scorecard_flags_the_target_as_its_own_draft() -> None:
     assert not rows["s.gguf"]["near_target_size"]
     assert rows["s.gguf"]["best_value"]  # 70% for 110 MiB beats 100% for 1,010 MiB
     assert rows["s.gguf"]["draft_mib"] == 110.0
+
+
+def test_no_context_advice_below_the_p99_task() -> None:
+    """With 2,048 tokens per slot and a p99 task of 1,066, no change proposes a context that cannot hold it."""
+    chat = load("c", "chat", "mid.gguf", {"target": (53.0, 128.0, 16.0)}, slots=4, ctx=2048, tasks=[1066, 301, 76])
+    (row,) = fleet.model_rows([chat])
+    per_slot = [a for a in row["advice"] if a["kind"] in ("context", "p99_context")]
+    assert per_slot == []  # 1,024 tokens per slot would refuse the p99 task
+    assert [a["change"].split(" (")[0] for a in row["advice"]] == ["--parallel 4 -> 2"]
+
+
+def test_budget_takes_the_capacity_of_the_host_asked_about() -> None:
+    """budget --host uses that host's reported memory, not a bigger box's of the same device name."""
+    small = dict(EMBED, devices={"ROCm0": {"total_mib": 24576.0, "free_mib": None}})
+    big = dict(BIG_4B, host="other-box", devices={"ROCm0": {"total_mib": 196608.0, "free_mib": None}})
+    (fit,) = fleet.budget([small, big], ["embed"], host="evo-x2")
+    assert fit.capacity_mib == 24576.0 and fit.fits is True
+    both = fleet.budget([small, big], ["embed", "qwen3.5-122b"])  # on one box: the smaller one decides
+    assert both[0].capacity_mib == 24576.0 and both[0].fits is False

@@ -343,3 +343,20 @@ def test_plain_server_start_is_checked_against_its_last_footprint(tmp_path: Path
     assert "overcommit" not in cli("--config", str(conf), stdin=log).stderr  # nothing measured before it
     res = cli("--config", str(conf), stdin=log)
     assert "Memory overcommit on CPU: mid.gguf needs 327 MiB (last measured) beside nothing else resident" in res.stderr
+
+
+def test_overcommit_uses_this_hosts_memory_not_another_boxs(cat: cat_mod.Catalogue) -> None:
+    """A bigger box's CPU total recorded in the store does not hide this box's 1,536 MiB from the warning."""
+    text = OVERCOMMIT.read_text().replace("24105 MiB", "1536 MiB")  # this box reports 1.5 GiB
+    lines = text.splitlines(keepends=True)
+    first = SAMPLES / "ledger" / "mid-same-np4-c8k.log"
+    _, earlier = analyse(cat, first)
+    (chat,) = earlier.values()
+    chat = dict(chat, model="chat", swap_model="chat")
+    chat["devices"] = {"CPU": {"total_mib": 1536.0, "free_mib": None}}
+    other = rec("o", host="big-box", devices={"CPU": {"total_mib": 196608.0, "free_mib": None}})
+    a = Analyzer(cat, source="llama-swap", on_load=lambda r: None, host="box",
+                 history=lambda: History([other, chat]))
+    a.feed("".join(lines[422:]).encode())
+    a.finish()
+    assert [i.model for i in a.incidents() if i.kind == "memory_overcommit"] == ["chat"]

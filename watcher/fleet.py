@@ -80,8 +80,10 @@ class ModelView:
             keep = f" (-c {ctx * n:,} -> {ctx * fewer:,}, {ctx:,} per slot)" if ctx else ""
             out.append({"change": f"--parallel {n} -> {fewer}{keep}", "frees_mib": round(kv * (1 - fewer / n), 1),
                         "kind": "parallel", "model": self.model})
-        if ctx and ctx >= 1024 and not any(o["kind"] == "p99_context" and f"-> {ctx // 2:,} (" in o["change"]
-                                            for o in out):
+        # Halving the context is offered only where it still holds the p99 task (or no task was seen):
+        # a context below it refuses requests the server really gets.
+        if ctx and ctx >= 1024 and (p99 is None or ctx // 2 >= p99) and not any(
+                o["kind"] == "p99_context" and f"-> {ctx // 2:,} (" in o["change"] for o in out):
             out.append({"change": f"context per slot {ctx:,} -> {ctx // 2:,} (-c {ctx * n:,} -> {ctx * n // 2:,})",
                         "frees_mib": round(kv / 2, 1), "kind": "context", "model": self.model})
         return out
@@ -270,7 +272,7 @@ def budget(records: list[dict[str, Any]], names: list[str], given: Mapping[str, 
     """Would ``names`` fit together, per device, and if not, the cheapest change(s) that make room."""
     all_views = views(records, host)
     chosen = [find(all_views, n) for n in names]
-    caps = capacities(records, given)
+    caps = capacities(records, given, hosts={v.host for v in chosen})
     fits: dict[str, DeviceFit] = {}
     for v in chosen:
         for dev, mib in device_totals(v.last).items():
@@ -320,5 +322,5 @@ def _smaller_drafts(chosen: list[ModelView], drafts: list[dict[str, Any]], devic
 
 
 def fmt(mib: float) -> str:
-    """MiB as people read them: GiB from 1 GiB up."""
+    """MiB as people read them: GiB from 10 GiB up (below, one decimal of a GiB hides what a budget turns on)."""
     return _fmt(mib)

@@ -296,13 +296,28 @@ def percentile(values: list[int], q: float) -> int | None:
     return s[max(math.ceil(q / 100 * len(s)) - 1, 0)]
 
 
-def capacities(records: Iterable[Mapping[str, Any]], given: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Device memory: what the user gave, else the largest total any log reported for that device."""
-    out: dict[str, float] = {}
+def capacities(records: Iterable[Mapping[str, Any]], given: Mapping[str, float] | None = None,
+               hosts: Iterable[str] | None = None) -> dict[str, float]:
+    """Device memory: what the user gave, else the largest total the logs of ``hosts`` (all, if None) reported.
+
+    Per host: ``CPU`` or ``ROCm0`` of one box says nothing of another's. Where several hosts are asked about
+    (models measured on different boxes, budgeted together), the smallest box's figure counts: the models
+    have to fit on one of them.
+    """
+    wanted = None if hosts is None else set(hosts)
+    per_host: dict[str, dict[str, float]] = {}
     for rec in records:
+        host = str(rec.get("host") or "")
+        if wanted is not None and host not in wanted:
+            continue
         for dev, d in (rec.get("devices") or {}).items():
             if d.get("total_mib"):
-                out[dev] = max(out.get(dev, 0.0), float(d["total_mib"]))
+                mine = per_host.setdefault(host, {})
+                mine[dev] = max(mine.get(dev, 0.0), float(d["total_mib"]))
+    out: dict[str, float] = {}
+    for mine in per_host.values():
+        for dev, mib in mine.items():
+            out[dev] = min(out.get(dev, mib), mib)
     out.update(given or {})
     return out
 
@@ -563,7 +578,7 @@ class LoadTracker:
         if last is None:
             return
         need = device_totals(last)
-        caps = capacities(recs, self.settings.capacity)
+        caps = capacities(recs, self.settings.capacity, hosts=[self.host])
         live = self._live_totals()
         resident = [(m, d) for m, d in self.resident(exclude=run) if m != name]
         for dev, mib in need.items():
