@@ -28,13 +28,15 @@ SWAP = SAMPLES / "swap"
 
 
 def analyse(cat: cat_mod.Catalogue, *paths_: Path, settings: Settings | None = None,
-            history: History | None = None) -> tuple[Analyzer, dict[str, dict[str, Any]]]:
-    """Every record the analyser hands over for these logs (one source), newest version per load."""
+            history: History | None = None, text: str | None = None) -> tuple[Analyzer, dict[str, dict[str, Any]]]:
+    """Every record the analyser hands over for these logs (or ``text``; one source), newest version per load."""
     recs: dict[str, dict[str, Any]] = {}
     a = Analyzer(cat, source="log", on_load=lambda r: recs.__setitem__(r["key"], r), host="box",
                  history=(lambda: history), ledger=settings)
     for p in paths_:
         a.feed(p.read_bytes())
+    if text is not None:
+        a.feed(text.encode())
     a.finish()
     return a, recs
 
@@ -60,7 +62,7 @@ def test_record_of_a_parallel_speculative_run(cat: cat_mod.Catalogue) -> None:
     assert rec["target"]["arch"] == "llama" and rec["target"]["file_mib"] == 0.24
     assert rec["n_slots"] == 4 and rec["n_ctx_slot"] == 512
     assert rec["devices"]["CPU"]["total_mib"] == 24105.0
-    assert rec["ended"] == "serving" and rec["speculation"] == "on"
+    assert rec["ended"] == "stopped" and rec["speculation"] == "on"
     assert rec["tasks"] == 4 and sorted(rec["task_tokens"]) == [25, 25, 31, 31]
     assert (rec["drafted"], rec["accepted"]) == (44, 44) and rec["mean_len"] == 3.75
     assert rec["gen_tps"] is not None and rec["gen_tps"] > 0
@@ -360,3 +362,31 @@ def test_overcommit_uses_this_hosts_memory_not_another_boxs(cat: cat_mod.Catalog
     a.feed("".join(lines[422:]).encode())
     a.finish()
     assert [i.model for i in a.incidents() if i.kind == "memory_overcommit"] == ["chat"]
+
+
+def _health_after_listening(text: str, model: str) -> str:
+    """An upstream's log with llama-swap's info-level health line after the server starts listening."""
+    lines = text.splitlines(keepends=True)
+    i = next(n for n, line in enumerate(lines) if "listening on" in line)
+    port = lines[i].rsplit(":", 1)[1].strip()
+    health = f"[INFO] <{model}> Health check passed on http://127.0.0.1:{port}/health\n"
+    return "".join([*lines[: i + 1], health, *lines[i + 1:]])
+
+
+def test_a_server_that_shut_down_is_not_resident(cat: cat_mod.Catalogue) -> None:
+    """At llama-swap's info level (no stop line) a model whose server cleaned up and exited holds no memory."""
+    chat = (LEDGER / "mid-same-np4-c8k.log").read_text()
+    _, earlier = analyse(cat, LEDGER / "mid-same-np4-c8k.log")
+    # summarise: another target (renamed so the two models are told apart), stopped before chat starts.
+    summarise = (LEDGER / "mid-np4-c16k.log").read_text().replace("/models/mid.gguf", "/models/summ.gguf")
+    log = _health_after_listening(summarise, "summarise") + _health_after_listening(chat, "chat")
+    a, recs = analyse(cat, settings=Settings(capacity={"CPU": 600.0}), history=History(list(earlier.values())),
+                      text=log)
+    assert [i.kind for i in a.incidents() if i.kind == "memory_overcommit"] == []
+    by = {r["swap_model"]: r for r in recs.values()}
+    assert by["summarise"]["ended"] == "stopped" and by["chat"]["ended"] == "stopped"
+    # The same log without the shutdown lines: summarise may still hold its 327 MiB, and 327 + 394 > 600.
+    kept = "".join(line for line in log.splitlines(keepends=True) if "cleaning up before exit" not in line)
+    a, _ = analyse(cat, settings=Settings(capacity={"CPU": 600.0}), history=History(list(earlier.values())),
+                   text=kept)
+    assert [i.model for i in a.incidents() if i.kind == "memory_overcommit"] == ["mid.gguf+mid-draft-same.gguf"]

@@ -105,6 +105,7 @@ EVENTS: dict[str, str] = {
     "device_memory": "a device's total and free memory (memory ledger)",
     "task_release": "a finished task and the context it filled (memory ledger)",
     "prompt_cache": "the server's host-memory prompt cache and its limit (memory ledger)",
+    "server_exiting": "the server shuts down and releases its memory (memory ledger)",
     "mtp_ctx_create": "an MTP draft context is created on the target",
     "mtp_ctx_failed": "the MTP (or, since b9910, any draft) context failed",
     "mtp_unavailable": "MTP was asked for but the model has no MTP layers",

@@ -127,6 +127,8 @@ class _Extra:
     #: (acceptance, drafted, builds) of the pair's earlier loads, looked up once per load.
     baseline: tuple[float, int, list[int]] | None = None
     loaded: bool = False
+    #: The server said it is shutting down: its memory is going, whether or not llama-swap says so.
+    exiting: bool = False
     warned: bool = False
     final: bool = False
     prompt_cache_mib: float | None = None
@@ -196,7 +198,7 @@ def record_of(run: Run, extra: _Extra, host: str) -> dict[str, Any]:
 def ended(run: Run, extra: _Extra) -> str:
     """How the load went: ``serving`` (still, as far as the log goes), ``stopped``, ``failed``, ``replaced``."""
     failed = bool(run.ledger.failures) or any(i.severity == "critical" for i in run.incidents.values())
-    if run.phase == "exited":
+    if run.phase == "exited" or (extra.exiting and run.phase in ("loading", "serving")):
         return "failed" if failed or not extra.loaded else "stopped"
     if run.phase == "replaced":
         return "replaced"
@@ -371,8 +373,8 @@ class History:
 # -- the tracker -------------------------------------------------------------------------------------
 
 #: Events after which a run's record is worth writing (the rest only mark it changed).
-_MILESTONES = frozenset({"model_loaded", "load_exit", "slots_init", "draft_load_failed", "model_load_failed",
-                         "context_failed", "draft_context_failed", "alloc_failed"})
+_MILESTONES = frozenset({"model_loaded", "load_exit", "server_exiting", "slots_init", "draft_load_failed",
+                         "model_load_failed", "context_failed", "draft_context_failed", "alloc_failed"})
 _SWAP = frozenset({"swap_start", "swap_ready", "swap_stop", "swap_exit", "listen_port"})
 
 
@@ -426,6 +428,9 @@ class LoadTracker:
         self._dirty.add(id(run))
         if t in _MILESTONES or (t == "task_timing" and _worth_writing(run.tasks_done)):
             self.flush()
+
+    def _on_server_exiting(self, run: Run, x: _Extra, ev: Event) -> None:
+        x.exiting = True
 
     def _on_model_loaded(self, run: Run, x: _Extra, ev: Event) -> None:
         x.loaded = True
@@ -561,6 +566,9 @@ class LoadTracker:
             run = stream.runs[-1]
             if run is exclude or run.phase not in ("loading", "serving") or not run.ledger.allocations:
                 continue
+            x = self._extra.get(id(run))
+            if x is not None and x.exiting:
+                continue  # it cleaned up and exited (llama-swap at info level says nothing of the stop)
             out.append((model_key(names.get(id(stream)), run.target_model, run.draft_model),
                         device_totals({"memory": footprint(run)})))
         return out
