@@ -106,3 +106,15 @@ def test_budget_takes_the_capacity_of_the_host_asked_about() -> None:
     assert fit.capacity_mib == 24576.0 and fit.fits is True
     both = fleet.budget([small, big], ["embed", "qwen3.5-122b"])  # on one box: the smaller one decides
     assert both[0].capacity_mib == 24576.0 and both[0].fits is False
+
+
+def test_pinned_host_buffers_are_budgeted_as_host_memory() -> None:
+    """CUDA_Host buffers (pinned system RAM) count against the host's memory, not an unknown device of their own."""
+    rec = load("g", "qwen3-32b", "qwen3-32b.gguf", {"target": (18000.0, 4096.0, 300.0)}, device="CUDA0")
+    rec["memory"].append({"device": "CUDA_Host", "role": "target", "weights_mib": 0.0, "kv_mib": 0.0,
+                          "compute_mib": 40.0})
+    rec["memory"].append({"device": "CPU", "role": "target", "weights_mib": 500.0, "kv_mib": 0.0,
+                          "compute_mib": 0.0})
+    fits = {f.device: f for f in fleet.budget([rec], ["qwen3-32b"], {"CUDA0": 24576.0, "CPU": 65536.0})}
+    assert set(fits) == {"CUDA0", "CPU"}
+    assert fits["CPU"].total_mib == 540.0 and fits["CPU"].fits is True

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.loads import capacities, device_totals, measured, percentile, role_sum
+from watcher.loads import capacities, device_totals, measured, memory_pool, percentile, role_sum
 
 #: A draft whose weights are at least this share of its target's is "nearly the target's size": it
 #: cannot pay for itself (llama.cpp PR #26968 loaded the target as its own draft).
@@ -50,10 +50,10 @@ class ModelView:
         v = self.last.get("n_ctx_slot")
         return int(v) if v else None
 
-    def kv(self, device: str | None = None) -> float:
-        """KV MiB of target and draft (on one device, or all)."""
+    def kv(self, device: str | None = None, pooled: bool = False) -> float:
+        """KV MiB of target and draft (on one device, or all; ``pooled``: every device of that memory pool)."""
         return float(sum(r["kv_mib"] for r in self.last.get("memory") or []
-                         if device is None or r["device"] == device))
+                         if device is None or (memory_pool(r["device"]) if pooled else r["device"]) == device))
 
     def cells(self) -> int | None:
         """Context cells allocated in all: n_ctx per slot x slots (what -c sets)."""
@@ -62,9 +62,9 @@ class ModelView:
     def p99(self) -> int | None:
         return percentile(self.tasks, 99)
 
-    def levers(self, device: str | None = None) -> list[dict[str, Any]]:
+    def levers(self, device: str | None = None, pooled: bool = False) -> list[dict[str, Any]]:
         """Changes that free KV memory, computed from the measured KV (exact: KV is linear in cells)."""
-        kv, n, ctx = self.kv(device), self.parallel, self.n_ctx
+        kv, n, ctx = self.kv(device, pooled), self.parallel, self.n_ctx
         out: list[dict[str, Any]] = []
         if not kv:
             return out
@@ -282,7 +282,7 @@ def budget(records: list[dict[str, Any]], names: list[str], given: Mapping[str, 
         if fit.fits is not False:
             continue
         need = -(fit.headroom_mib or 0)
-        options = [lv for v in chosen for lv in v.levers(fit.device) if lv["frees_mib"] > 0]
+        options = [lv for v in chosen for lv in v.levers(fit.device, pooled=True) if lv["frees_mib"] > 0]
         options += _smaller_drafts(chosen, drafts, fit.device)
         options.sort(key=lambda o: (_PREFERENCE[o["kind"]], -o["frees_mib"]))
         single = [o for o in options if o["frees_mib"] >= need]
@@ -310,7 +310,7 @@ def _smaller_drafts(chosen: list[ModelView], drafts: list[dict[str, Any]], devic
         if not cur:
             continue
         now = sum(r["weights_mib"] + r["kv_mib"] for r in v.last.get("memory") or []
-                  if r["role"] == "draft" and r["device"] == device)
+                  if r["role"] == "draft" and memory_pool(r["device"]) == device)
         for d in drafts:
             # Only a draft that really drafted: one that accepts (almost) nothing frees memory by being useless.
             useful = d["acceptance"] is not None and d["acceptance"] >= MIN_USEFUL_ACCEPTANCE

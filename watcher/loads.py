@@ -276,11 +276,18 @@ def measured(rec: Mapping[str, Any]) -> bool:
     return bool(rec.get("memory")) and rec.get("ended") in ("serving", "stopped", "replaced")
 
 
+def memory_pool(device: str) -> str:
+    """The memory a device's buffers come out of: pinned host buffers (``CUDA_Host``, ``ROCm_Host``) are system
+    RAM, budgeted with ``CPU``; every other device is its own."""
+    return "CPU" if device.endswith("_Host") else device
+
+
 def device_totals(rec: Mapping[str, Any]) -> dict[str, float]:
-    """MiB per device the record's load allocated (both roles, every kind)."""
+    """MiB per memory pool (device, host RAM) the record's load allocated (both roles, every kind)."""
     out: dict[str, float] = {}
     for row in rec.get("memory") or []:
-        out[row["device"]] = out.get(row["device"], 0.0) + row["weights_mib"] + row["kv_mib"] + row["compute_mib"]
+        pool = memory_pool(row["device"])
+        out[pool] = out.get(pool, 0.0) + row["weights_mib"] + row["kv_mib"] + row["compute_mib"]
     return out
 
 
@@ -702,4 +709,4 @@ def _gib(mib: float) -> str:
 
 
 __all__ = ["Evidence", "History", "LoadBook", "LoadTracker", "Settings", "capacities", "device_totals",
-           "footprint", "measured", "model_key", "parse_capacity", "percentile", "record_of", "role_sum"]
+           "footprint", "measured", "memory_pool", "model_key", "parse_capacity", "percentile", "record_of", "role_sum"]
