@@ -118,3 +118,21 @@ def test_pinned_host_buffers_are_budgeted_as_host_memory() -> None:
     fits = {f.device: f for f in fleet.budget([rec], ["qwen3-32b"], {"CUDA0": 24576.0, "CPU": 65536.0})}
     assert set(fits) == {"CUDA0", "CPU"}
     assert fits["CPU"].total_mib == 540.0 and fits["CPU"].fits is True
+
+
+def test_best_value_never_marks_a_draft_that_slows_generation_or_drafts_nothing_useful() -> None:
+    """A draft measured slower than its target alone, or accepting under 30%, is not the best value for memory."""
+    alone = load("a", "t", "t.gguf", {"target": (1000.0, 10.0, 5.0)})
+    alone["gen_tps"] = 100.0
+    slow = load("s", "t+s", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (50.0, 5.0, 5.0)},
+                draft="s.gguf", drafted=100, accepted=90)
+    slow["gen_tps"] = 60.0  # 0.6x: it costs speed as well as memory
+    poor = load("p", "t+p", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (20.0, 2.0, 5.0)},
+                draft="p.gguf", drafted=100, accepted=25)
+    good = load("g", "t+g", "t.gguf", {"target": (1000.0, 10.0, 5.0), "draft": (400.0, 10.0, 5.0)},
+                draft="g.gguf", drafted=100, accepted=70)
+    good["gen_tps"] = 150.0
+    rows = {r["draft"]: r for r in fleet.draft_rows([alone, slow, poor, good])}
+    assert rows["s.gguf"]["speedup"] == 0.6 and not rows["s.gguf"]["best_value"]
+    assert not rows["p.gguf"]["best_value"]
+    assert rows["g.gguf"]["best_value"]

@@ -297,19 +297,21 @@ def test_models_text_names_what_frees_memory() -> None:
 
 
 def test_draft_scorecard_compares_two_drafts_of_one_target() -> None:
-    """drafts --json: the identical draft (100%) and the random one (0%) side by side; the first pays best."""
+    """drafts --json: the identical draft (100%) and the random one (0%) side by side; on 2 CPU cores both make
+    generation slower than the target alone, so neither is marked the best value for its memory."""
     fill(LEDGER / "mid-same-np4-c8k.log", LEDGER / "mid-tiny-np2-c8k.log", LEDGER / "mid-np1-c4k.log")
     rows = {r["draft"]: r for r in json.loads(cli("drafts", "--json").out)}
     same, tiny = rows["mid-draft-same.gguf"], rows["draft-random.gguf"]
     assert same["target"] == tiny["target"] == "mid.gguf"
     assert (same["acceptance"], tiny["acceptance"]) == (1.0, 0.0)
     assert tiny["drafted"] == 78 and tiny["accepted"] == 0
-    assert same["best_value"] and not tiny["best_value"]
+    assert same["speedup"] < 1 and tiny["speedup"] < 1
+    assert not same["best_value"] and not tiny["best_value"]
     assert same["near_target_size"] and not tiny["near_target_size"]  # identical weights: as big as the target
     assert same["draft_mib"] == pytest.approx(52.91 + 128.0, abs=0.01)
     assert same["tps_without"] is not None  # the target's load without a draft
     text = cli("drafts").out
-    assert "best value for its memory; nearly the target's size" in text
+    assert "<- nearly the target's size" in text and "best value" not in text
 
 
 @given(st.dictionaries(st.from_regex(r"[A-Za-z][\w.-]{0,12}", fullmatch=True),

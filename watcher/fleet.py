@@ -208,7 +208,12 @@ def draft_rows(records: Iterable[Mapping[str, Any]], host: str | None = None) ->
     best: dict[str, dict[str, Any]] = {}
     for p in rows:
         cur = best.get(p["target"])
-        if p["accepted_per_gib"] is not None and (cur is None or p["accepted_per_gib"] > cur["accepted_per_gib"]):
+        # Only a draft that pays at all can be the best value: one measured slower than the target alone, or
+        # accepting under low_acceptance's threshold, buys nothing with its memory however little it takes.
+        pays = ((p["acceptance"] or 0) >= MIN_USEFUL_ACCEPTANCE and not p["same_as_target"]
+                and (p["speedup"] is None or p["speedup"] >= 1.0))
+        if pays and p["accepted_per_gib"] is not None and (cur is None
+                                                            or p["accepted_per_gib"] > cur["accepted_per_gib"]):
             best[p["target"]] = p
     for p in rows:
         p["best_value"] = best.get(p["target"]) is p
