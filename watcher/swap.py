@@ -91,6 +91,11 @@ class SwapStream(Stream):
         """Route one event: llama-swap's own lines move sections, everything else goes to the current one."""
         t = ev.type
         if t in SWAP_EVENTS:
+            if ev.get("host") and self.host is None:
+                # llama-swap's own line: every model's advice says where its flags are set.
+                self.host = ev.get("host")
+                for stream in self.streams:
+                    stream._host_found(self.host)
             self._swap_event(ev)
             return
         sec = self.current
@@ -242,6 +247,7 @@ class SwapStream(Stream):
 
     def _new_stream(self) -> Stream:
         stream = Stream(self.source, self.settings)
+        stream.host = self.host
         stream.on_change = self._tagger(stream)
         stream.earlier_load = self._earlier_load(stream)
         return stream
