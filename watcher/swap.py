@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from watcher.events import Event
 from watcher.incidents import Incident, basename
-from watcher.state import Run, Settings, Stream
+from watcher.state import Run, Settings, Stream, settled_by_speculation
 
 #: Events the demux consumes; state never sees them (they would start runs in logs without a server).
 SWAP_EVENTS = frozenset({"swap_start", "swap_ready", "swap_stop", "swap_exit", "listen_port"})
@@ -297,8 +297,7 @@ def _resolve_earlier(old: list[Run], run: Run, on_change: Callable[[Incident], N
     state does when a reload of the same server speculates again."""
     for older in old:
         for inc in older.incidents.values():
-            same = not inc.model or not run.target_model or basename(inc.model) == basename(run.target_model)
-            if inc.status == "open" and same and inc.kind != "main_model_oom":
+            if inc.status == "open" and settled_by_speculation(inc, run):
                 inc.status = "resolved"
                 inc.resolved_line = run.first_line
                 inc.resolution = f"speculation works again in run {run.ordinal}"
