@@ -208,7 +208,7 @@ def test_head_type_advice_names_the_head_with_its_article(cat: Catalogue, scenar
 
 #: llama-server's flags, as a hint would give them: none belongs in advice for another program's log.
 _SERVER_FLAGS = re.compile(r"(?:^|[\s(])(?:-md|-ngld|-devd|-ngl|-ctkd|-c|-cd|-m|-lv|--parallel|--spec-type"
-                           r"|--spec-draft-n-max|-fitt)\b")
+                           r"|--spec-draft-n-max|-fitt|--spec-draft-model|--model-draft|--spec-draft-ngl)\b")
 PUBLIC = SAMPLES / "public"
 
 
@@ -287,3 +287,47 @@ def test_llama_swap_advice_says_where_the_flags_go(cat: Catalogue) -> None:
     incs = incidents_of(cat, SAMPLES / "swap" / "llamaswap-debug-draft-oom-exit-then-swap.log")
     memory = [i for i in incs if i.kind == "draft_context_failed"]
     assert memory and all("cmd" in i.hint and "llama-swap" in i.hint for i in memory), [i.hint for i in incs]
+
+
+#: Every branch of the advice: kind, reason, details, confidence (and a failed allocation's size, or none).
+_EVERY_ADVICE = [
+    ("spec_disabled", "", {"cause": "no_spec_type"}, "certain"),
+    ("spec_disabled", "", {}, "inferred"),
+    ("spec_disabled", "", {}, "certain"),
+    ("spec_disabled", "", {"follows": "abcdef12"}, "certain"),
+    ("spec_init_failed", "", {"cause": "spec_type_without_draft", "impl": "draft-simple"}, "certain"),
+    ("spec_init_failed", "", {"cause": "draft_kind_mismatch", "impl": "draft-eagle3"}, "certain"),
+    ("draft_context_failed", "", {"cause": "draft_head_alone"}, "certain"),
+    ("draft_context_failed", "", {"cause": "no_mtp_layers"}, "certain"),
+    ("draft_context_failed", "", {}, "certain"),
+    ("draft_on_cpu", "", {"cause": "no_gpu"}, "certain"),
+    ("draft_on_cpu", "", {}, "certain"),
+    ("draft_load_failed", "out of memory", {}, "certain"),
+    ("draft_load_failed", "file not found", {}, "certain"),
+    ("draft_load_failed", "index error", {}, "certain"),
+    ("draft_load_failed", "unknown model architecture: 'gemma4-assistant'", {}, "certain"),
+    ("draft_load_failed", "file is not a valid GGUF", {}, "certain"),
+    ("spec_unsupported", "", {}, "certain"),
+    ("draft_incompatible", "", {}, "certain"),
+    ("low_acceptance", "", {}, "certain"),
+    ("main_model_oom", "", {}, "certain"),
+    ("spec_runtime_error", "", {}, "certain"),
+]
+
+
+@pytest.mark.parametrize("host", ["lmstudio", "ollama", "koboldcpp"])
+def test_no_advice_gives_another_program_s_users_llama_server_flags(host: str) -> None:
+    """Every branch of the advice, for a log LM Studio, ollama or koboldcpp wrote, names no llama-server flag."""
+    for kind, reason, details, confidence in _EVERY_ADVICE:
+        for mib in (None, 7168.0):
+            run = Run(1, "log", 1, host=host)
+            run.n_slots = 4
+            inc = Incident(kind=kind, severity="critical", source="log", run=1, reason=reason, mib=mib,
+                           confidence=confidence, device="CUDA0", draft_model="/m/d.gguf")
+            inc.extra.update(details)
+            hint = for_incident(inc, run)
+            assert hint and not _SERVER_FLAGS.search(hint), (kind, reason, details, hint)
+            run.draft_head = "Gemma4Assistant"
+            if kind == "spec_runtime_error":
+                hint = for_incident(inc, run)
+                assert not _SERVER_FLAGS.search(hint), hint

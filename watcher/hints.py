@@ -147,9 +147,53 @@ _LMSTUDIO: dict[str, str] = {
 }
 
 
-def _lms(run: Run, key: str) -> str | None:
-    """LM Studio's wording of the advice ``key``, where the log is LM Studio's."""
-    return _LMSTUDIO.get(key) if run.host == "lmstudio" else None
+#: The same advice for a host whose speculative settings are not known by name (ollama, koboldcpp): what to
+#: change, without llama-server's flags; ``{host}`` is the program's name.
+_OTHER_HOST: dict[str, str] = {
+    "no_spec_type": (
+        "{host}'s llama.cpp (b9464+) loaded the draft but does not use it without a speculative type: update "
+        "{host}. Until then this server is slower and holds the draft's memory for nothing."),
+    "spec_type_without_draft": (
+        "Speculative decoding ({impl}) is set up without a draft model: give {host} a draft model, or turn "
+        "speculative decoding off."),
+    "draft_kind_mismatch": (
+        "{head} speculation needs {a_head} head made for this target, not an ordinary draft model: give {host} "
+        "the matching head as the draft, or a plain draft of the target's family."),
+    "draft_head_alone": (
+        "{name} is a draft head (MTP assistant, EAGLE3 or DFlash head), not a model: load its target as the model "
+        "and this file as its draft. If it already is the draft, this build does not hand it the target's "
+        "context: update {host}."),
+    "no_mtp_layers": (
+        "Use a GGUF of this model that contains its MTP layers (often a separate '-MTP' file or variant), or turn "
+        "MTP off; without them there is nothing to draft with."),
+    "no_gpu": (
+        "{host}'s llama.cpp found no usable GPU: use a GPU build of {host} and check that the device is visible "
+        "(driver, CUDA_VISIBLE_DEVICES, the container's GPU access); a draft on the CPU rarely makes decoding "
+        "faster."),
+    "draft_not_found": "Check the path of the draft model given to {host}.",
+    "index_error": (
+        "The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an index check "
+        "while placing the draft's layers on the devices, seen with little free VRAM left. Leave more VRAM free "
+        "(fewer GPU layers, a smaller context) or update {host}."),
+    "bad_gguf": "Re-download or re-convert the draft GGUF; the file is not readable by this {host} build.",
+    "inferred": (
+        "Check that the draft is really used: draft statistics (draft acceptance) should follow each request; "
+        "update {host} if they never do."),
+    "head_as_plain": (
+        "The draft is a {head} head (llama.cpp said it needs the target's context) and ran as a plain draft: run "
+        "it as MTP where {host} offers that, update {host}, or serve without the draft until fixed."),
+}
+_HOST_NAMES = {"ollama": "ollama", "koboldcpp": "koboldcpp"}
+
+
+def _in_host_words(run: Run, key: str) -> str | None:
+    """The advice ``key`` in the words of the program whose log it is, where that is not llama-server's."""
+    if run.host == "lmstudio":
+        return _LMSTUDIO.get(key)
+    name = _HOST_NAMES.get(run.host or "")
+    text = _OTHER_HOST.get(key) if name else None
+    # Not str.format: the caller fills the advice's own fields ({impl}, {head}, {name}) afterwards.
+    return text.replace("{host}", name) if text and name else None
 
 
 def _lever(run: Run, name: str, **kw: object) -> str | None:
@@ -209,10 +253,11 @@ def _advice(inc: Incident, run: Run) -> str:
     if cause in _BY_CAUSE:
         impl = str(inc.extra.get("impl") or "draft-simple")
         name, article = _HEADS.get(impl.lower().removeprefix("draft-").replace("-", ""), ("EAGLE-3 or DFlash", "an"))
-        text = _lms(run, str(cause)) or _BY_CAUSE[str(cause)]
+        text = _in_host_words(run, str(cause)) or _BY_CAUSE[str(cause)]
         return text.format(impl=impl, head=name, a_head=f"{article} {name}")
-    if run.host == "lmstudio" and cause in ("draft_head_alone", "no_mtp_layers", "no_gpu"):
-        return str(_lms(run, str(cause))).format(name=basename(inc.draft_model) or "This file")
+    host_text = _in_host_words(run, str(cause)) if cause in ("draft_head_alone", "no_mtp_layers", "no_gpu") else None
+    if host_text:
+        return host_text.format(name=basename(inc.draft_model) or "This file")
     match inc.kind:
         case "draft_context_failed" | "draft_load_failed" if cause == "draft_head_alone":
             return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
@@ -233,17 +278,17 @@ def _advice(inc: Incident, run: Run) -> str:
             if cause == "memory":
                 return _draft_memory(inc, run)
             if cause == "missing_file":
-                return _lms(run, "draft_not_found") or ("Check the draft path (-md / --spec-draft-model, or the draft "
-                                                        "chosen in LM Studio).")
+                return _in_host_words(run, "draft_not_found") or (
+                    "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio).")
             if cause == "index_error":
-                return _lms(run, "index_error") or (
+                return _in_host_words(run, "index_error") or (
                         "The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an "
                         "index check while placing the draft's layers on the devices, seen with little free VRAM "
                         "left or an unusual tensor split. Try fewer draft GPU layers (-ngld), another device for the "
                         "draft (-devd), a smaller target context (-c), or a newer llama.cpp.")
             if cause == "unknown_arch":
                 arch = inc.extra.get("arch") or "?"
-                lms = _lms(run, "unknown_arch")
+                lms = _in_host_words(run, "unknown_arch")
                 if lms:
                     return lms.format(arch=arch)
                 if run.host in ("koboldcpp", "ollama"):
@@ -252,12 +297,12 @@ def _advice(inc: Incident, run: Run) -> str:
                         "host: koboldcpp, the LM Studio runtime). An MTP/assistant head also needs the MTP mode "
                         "(--spec-type draft-mtp) rather than a plain draft.")
             if cause == "bad_gguf":
-                return _lms(run, "bad_gguf") or ("Re-download or re-convert the draft GGUF; the file is not readable "
-                                                 "by this llama.cpp build.")
+                return _in_host_words(run, "bad_gguf") or (
+                    "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build.")
             return "Read the evidence lines: the draft model did not load."
         case "spec_disabled":
             if inc.confidence == "inferred":
-                return _lms(run, "inferred") or (
+                return _in_host_words(run, "inferred") or (
                         "Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple "
                         "with -md; run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per "
                         "slot.")
@@ -285,14 +330,14 @@ def _advice(inc: Incident, run: Run) -> str:
             return _target_memory(inc, run)
         case "spec_runtime_error":
             if run.draft_head and run.spec_mode != "mtp":
-                lms = _lms(run, "head_as_plain")
+                lms = _in_host_words(run, "head_as_plain")
                 if lms:
                     return lms.format(head=run.draft_head)
                 return (f"The draft is a {run.draft_head} head (llama.cpp said it needs the target's context): "
                         "if it was attached as a plain draft, use --spec-type draft-mtp (or the host's MTP "
                         "setting); otherwise update llama.cpp, or serve without the draft until fixed.")
-            return _lms(run, "runtime_error") or (f"Requests fail with HTTP 500: {_lever(run, 'update')}, or serve "
-                                                  "without the draft until fixed.")
+            return _in_host_words(run, "runtime_error") or (
+                f"Requests fail with HTTP 500: {_lever(run, 'update')}, or serve without the draft until fixed.")
     return ""
 
 
