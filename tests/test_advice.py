@@ -268,6 +268,23 @@ def test_ollama_log_is_told_ollama_s_settings(cat: Catalogue) -> None:
     assert not _SERVER_FLAGS.search(inc.hint), inc.hint
 
 
+@pytest.mark.parametrize("name", [
+    "ollama-3237-win-cuda-pool-vmm-oom-2024",  # an assertion in ollama's vendored llama.cpp (llm/llama.cpp)
+    "ollama-3765-rocm-hipmalloc-oom-cli-2024",
+    "ollama-17003-docker-gemma4-mtp-ctx-other-terminated",  # "llama-server process has terminated: ..."
+    "ollama-11733-metal-2025-gallocr-no-draft",  # "llama runner process has terminated: ..."
+    "ollama-9782-cli-qwen3-gallocr-cuda0-oom",
+    "ollama-10553-runner-terminated-cudamalloc-2025",
+])
+def test_ollama_samples_are_told_in_ollama_s_words(cat: Catalogue, name: str) -> None:
+    """Every ollama sample that carries a line only ollama prints is advised without llama-server flags."""
+    a = analyse(cat, (PUBLIC / f"{name}.log").read_bytes(), name)
+    incs = a.incidents()
+    assert incs and {r.host for r in a.stream.runs} == {"ollama"}
+    for inc in incs:
+        assert inc.hint and not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
 def test_koboldcpp_log_is_not_told_llama_server_flags(cat: Catalogue) -> None:
     """koboldcpp's draft of an unknown architecture: update koboldcpp, no --spec-type it does not have."""
     [inc] = incidents_of(cat, PUBLIC / "koboldcpp-2262-gemma4-assistant-draft-load-fail.log")
