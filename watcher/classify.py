@@ -48,7 +48,8 @@ class Classifier:
     def classify(self, record: Record) -> Event | None:
         """The event of the first pattern matching ``record`` (unwrapped), if any."""
         raw, record = record, self.unwrap(record)
-        for p in self.candidates(record.text):
+        candidates = self.candidates(record.text)
+        for p in candidates:
             fields = self._try(p, record)
             if fields is not None:
                 if "cause" not in fields and fields.get("reason"):
@@ -58,16 +59,17 @@ class Classifier:
                 if record.relayed_as:
                     fields.setdefault("relayed_as", record.relayed_as)
                 if p.event != HOST_MARKER and "host" not in fields:
-                    marked = self._marker(record) or (self._marker(raw) if raw is not record else None)
+                    marked = self._marker(record, candidates) or (self._marker(raw) if raw is not record else None)
                     if marked is not None:
                         fields["host"] = marked[1]["host"]
                 return Event(p.event, p.id, record, fields)
         marked = self._marker(raw) if raw is not record else None
         return Event(HOST_MARKER, marked[0].id, record, marked[1]) if marked is not None else None
 
-    def _marker(self, record: Record) -> tuple[Pattern, dict[str, Any]] | None:
-        """The host marker matching ``record`` and its fields, if one does."""
-        for m in self.candidates(record.text):
+    def _marker(self, record: Record,
+                candidates: list[Pattern] | None = None) -> tuple[Pattern, dict[str, Any]] | None:
+        """The host marker matching ``record`` and its fields, if one does (``candidates``: the record's own)."""
+        for m in self.candidates(record.text) if candidates is None else candidates:
             if m.event == HOST_MARKER:
                 fields = self._try(m, record)
                 if fields and fields.get("host"):
