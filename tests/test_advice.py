@@ -204,3 +204,147 @@ def test_head_type_advice_names_the_head_with_its_article(cat: Catalogue, scenar
     """The advice for a plain draft given to a head type reads 'needs an EAGLE-3 head' / 'a DFlash head'."""
     [inc] = incidents_of(cat, ENGINE / f"{scenario}-default.log")
     assert f"needs {head} made for this target" in inc.hint, inc.hint
+
+
+#: llama-server's flags, as a hint would give them: none belongs in advice for another program's log.
+_SERVER_FLAGS = re.compile(r"(?:^|[\s(])(?:-md|-ngld|-devd|-ngl|-ctkd|-c|-cd|-m|-lv|--parallel|--spec-type"
+                           r"|--spec-draft-n-max|-fitt|--spec-draft-model|--model-draft|--spec-draft-ngl)\b")
+PUBLIC = SAMPLES / "public"
+
+
+@pytest.mark.parametrize("name", [
+    "lms-610-gemma4-mtp-spec-batch-500",  # "Engine protocol predict stream returned an error"
+    "lmstudio-1519-mlx-spec-not-supported-batched",  # the UI's "Failed to load draft model."
+    "lmstudio-2153-mtp-ctx-fail-exit",  # LMSTUDIO_STARTUP_ERROR, after the failure it reports
+    "lmstudio-1519-mlx-batched-log-twice-then-load",
+    "mlxengine-269-mlx-batched-spec-unsupported",
+])
+def test_lm_studio_samples_are_told_in_lm_studio_words(cat: Catalogue, name: str) -> None:
+    """An LM Studio log known by a line only LM Studio prints (not only its record header) is advised in
+    LM Studio's words, with no llama-server flag."""
+    a = analyse(cat, (PUBLIC / f"{name}.log").read_bytes(), name)
+    incs = a.incidents()
+    assert incs and {r.host for r in a.stream.runs} == {"lmstudio"}
+    for inc in incs:
+        assert inc.hint and not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+def test_an_lm_studio_model_path_in_an_engine_line_makes_the_log_lm_studio_s(cat: Catalogue) -> None:
+    """A pasted llama.cpp excerpt without LM Studio's headers, whose draft lives under ~/.lmstudio, is told in
+    LM Studio's settings: the path's marker joins the engine line's own event."""
+    log = (ENGINE / "draft-kv-oom-default.log").read_bytes()
+    pasted = log.replace(b"'/models/wide-kv.gguf'", rb"'C:\Users\me\.lmstudio\models\lmstudio-community\wide-kv.gguf'")
+    [inc] = analyse(cat, pasted).incidents()
+    assert inc.kind == "draft_context_failed" and inc.draft_model.endswith("wide-kv.gguf")
+    assert "Max Concurrent" in inc.hint or "Context Length" in inc.hint, inc.hint
+    assert not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+@pytest.mark.parametrize("scenario", ["draft-without-spec-type", "spec-type-without-draft"])
+def test_lm_studio_is_not_told_llama_server_s_speculative_flags(cat: Catalogue, scenario: str) -> None:
+    """The draft-without-type and type-without-draft findings in LM Studio's log point to its Speculative
+    Decoding settings, not to -md or --spec-type."""
+    for log in engine_logs(f"{scenario}-*.log"):
+        incs = analyse(cat, _as_lm_studio(log)).incidents()
+        assert incs, log
+        for inc in incs:
+            assert "Speculative Decoding settings" in inc.hint and not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+def test_inferred_spec_disabled_in_lm_studio_names_no_flags() -> None:
+    """A draft that printed no statistics, in LM Studio's log: check the settings and the chat, not -lv 4."""
+    run = Run(1, "log", 1, host="lmstudio")
+    inc = Incident(kind="spec_disabled", severity="warning", source="log", run=1, confidence="inferred")
+    hint = for_incident(inc, run)
+    assert "Speculative Decoding settings" in hint and not _SERVER_FLAGS.search(hint), hint
+
+
+def test_ollama_log_is_told_ollama_s_settings(cat: Catalogue) -> None:
+    """A target OOM in ollama's log (its blob path, its runner's error): num_ctx, OLLAMA_NUM_PARALLEL and num_gpu,
+    not -c, --parallel and -ngl."""
+    [inc] = incidents_of(cat, PUBLIC / "ollama-pr3418-rocm-2024-compute-oom-no-draft.log")
+    assert inc.kind == "main_model_oom"
+    assert "num_ctx" in inc.hint and "OLLAMA_NUM_PARALLEL" in inc.hint and "num_gpu" in inc.hint, inc.hint
+    assert not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+@pytest.mark.parametrize("name", [
+    "ollama-3237-win-cuda-pool-vmm-oom-2024",  # an assertion in ollama's vendored llama.cpp (llm/llama.cpp)
+    "ollama-3765-rocm-hipmalloc-oom-cli-2024",
+    "ollama-17003-docker-gemma4-mtp-ctx-other-terminated",  # "llama-server process has terminated: ..."
+    "ollama-11733-metal-2025-gallocr-no-draft",  # "llama runner process has terminated: ..."
+    "ollama-9782-cli-qwen3-gallocr-cuda0-oom",
+    "ollama-10553-runner-terminated-cudamalloc-2025",
+])
+def test_ollama_samples_are_told_in_ollama_s_words(cat: Catalogue, name: str) -> None:
+    """Every ollama sample that carries a line only ollama prints is advised without llama-server flags."""
+    a = analyse(cat, (PUBLIC / f"{name}.log").read_bytes(), name)
+    incs = a.incidents()
+    assert incs and {r.host for r in a.stream.runs} == {"ollama"}
+    for inc in incs:
+        assert inc.hint and not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+def test_koboldcpp_log_is_not_told_llama_server_flags(cat: Catalogue) -> None:
+    """koboldcpp's draft of an unknown architecture: update koboldcpp, no --spec-type it does not have."""
+    [inc] = incidents_of(cat, PUBLIC / "koboldcpp-2262-gemma4-assistant-draft-load-fail.log")
+    assert "koboldcpp" in inc.hint and not _SERVER_FLAGS.search(inc.hint), inc.hint
+
+
+def test_koboldcpp_levers_are_its_own_flags() -> None:
+    """A koboldcpp draft left on the CPU, or drafting poorly: --draftgpulayers and --draftamount."""
+    run = Run(1, "log", 1, host="koboldcpp")
+    cpu = Incident(kind="draft_on_cpu", severity="warning", source="log", run=1)
+    low = Incident(kind="low_acceptance", severity="warning", source="log", run=1)
+    assert "--draftgpulayers" in for_incident(cpu, run) and "--draftamount" in for_incident(low, run)
+
+
+def test_llama_swap_advice_says_where_the_flags_go(cat: Catalogue) -> None:
+    """Under llama-swap the flags are right but live in the model's cmd: the advice says so."""
+    incs = incidents_of(cat, SAMPLES / "swap" / "llamaswap-debug-draft-oom-exit-then-swap.log")
+    memory = [i for i in incs if i.kind == "draft_context_failed"]
+    assert memory and all("cmd" in i.hint and "llama-swap" in i.hint for i in memory), [i.hint for i in incs]
+
+
+#: Every branch of the advice: kind, reason, details, confidence (and a failed allocation's size, or none).
+_EVERY_ADVICE = [
+    ("spec_disabled", "", {"cause": "no_spec_type"}, "certain"),
+    ("spec_disabled", "", {}, "inferred"),
+    ("spec_disabled", "", {}, "certain"),
+    ("spec_disabled", "", {"follows": "abcdef12"}, "certain"),
+    ("spec_init_failed", "", {"cause": "spec_type_without_draft", "impl": "draft-simple"}, "certain"),
+    ("spec_init_failed", "", {"cause": "draft_kind_mismatch", "impl": "draft-eagle3"}, "certain"),
+    ("draft_context_failed", "", {"cause": "draft_head_alone"}, "certain"),
+    ("draft_context_failed", "", {"cause": "no_mtp_layers"}, "certain"),
+    ("draft_context_failed", "", {}, "certain"),
+    ("draft_on_cpu", "", {"cause": "no_gpu"}, "certain"),
+    ("draft_on_cpu", "", {}, "certain"),
+    ("draft_load_failed", "out of memory", {}, "certain"),
+    ("draft_load_failed", "file not found", {}, "certain"),
+    ("draft_load_failed", "index error", {}, "certain"),
+    ("draft_load_failed", "unknown model architecture: 'gemma4-assistant'", {}, "certain"),
+    ("draft_load_failed", "file is not a valid GGUF", {}, "certain"),
+    ("spec_unsupported", "", {}, "certain"),
+    ("draft_incompatible", "", {}, "certain"),
+    ("low_acceptance", "", {}, "certain"),
+    ("main_model_oom", "", {}, "certain"),
+    ("spec_runtime_error", "", {}, "certain"),
+]
+
+
+@pytest.mark.parametrize("host", ["lmstudio", "ollama", "koboldcpp"])
+def test_no_advice_gives_another_program_s_users_llama_server_flags(host: str) -> None:
+    """Every branch of the advice, for a log LM Studio, ollama or koboldcpp wrote, names no llama-server flag."""
+    for kind, reason, details, confidence in _EVERY_ADVICE:
+        for mib in (None, 7168.0):
+            run = Run(1, "log", 1, host=host)
+            run.n_slots = 4
+            inc = Incident(kind=kind, severity="critical", source="log", run=1, reason=reason, mib=mib,
+                           confidence=confidence, device="CUDA0", draft_model="/m/d.gguf")
+            inc.extra.update(details)
+            hint = for_incident(inc, run)
+            assert hint and not _SERVER_FLAGS.search(hint), (kind, reason, details, hint)
+            run.draft_head = "Gemma4Assistant"
+            if kind == "spec_runtime_error":
+                hint = for_incident(inc, run)
+                assert not _SERVER_FLAGS.search(hint), hint

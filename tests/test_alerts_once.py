@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 from tests.conftest import SAMPLES, SEED, cli
 from watcher.catalogue import Catalogue
@@ -12,6 +13,7 @@ from watcher.cli import build_parser
 from watcher.incidents import Incident
 from watcher.pipeline import Analyzer
 from watcher.sinks import BannerSink
+from watcher.state import Settings
 from watcher.store import Occurrence, Store
 
 ENGINE = SAMPLES / "engine"
@@ -147,3 +149,63 @@ def test_llama_swap_swap_ins_failing_the_same_way_are_one_incident(cat: Catalogu
     assert (inc.kind, inc.count, inc.run, inc.extra.get("last_run")) == ("draft_incompatible", 3, 1, 3)
     r = cli(stdin=log * 3)
     assert r.stderr.count("SPECWATCH CRITICAL") == 1, r.stderr
+
+
+LOW = ENGINE / "draft-low-acceptance-default.log"
+
+
+def _changes(cat: Catalogue, data: bytes, settings: Settings | None = None) -> tuple[Analyzer, list[str]]:
+    """The analysis of ``data`` and every status its incidents were handed on with, in order."""
+    told: list[str] = []
+    a = Analyzer(cat, source="log", settings=settings, on_incident=lambda inc: told.append(inc.status))
+    a.feed(data)
+    a.finish()
+    return a, told
+
+
+def test_a_weak_draft_reloaded_is_one_low_acceptance_incident_counted(cat: Catalogue) -> None:
+    """Three loads of the same target and weak draft (the real b11549 logs, both verbosities, as reloads): one
+    low_acceptance incident counted 3 times, never resolved by speculation merely restarting."""
+    a, told = _changes(cat, LOW.read_bytes() * 2 + (ENGINE / "draft-low-acceptance-verbose.log").read_bytes())
+    [inc] = a.incidents()
+    assert (inc.kind, inc.status, inc.count) == ("low_acceptance", "open", 3)
+    assert len(a.stream.runs) == 3 and "resolved" not in told
+
+
+def _swap_in(model: str, log: Path, port: int) -> bytes:
+    """One llama-swap (info level, v218+) swap-in: the upstream's lines verbatim, llama-swap's health check line
+    after the upstream's 'listening on' line, and its TTL unload after the last."""
+    out = b""
+    for line in log.read_bytes().splitlines(keepends=True):
+        out += line
+        if f"listening on http://127.0.0.1:{port}".encode() in line:
+            out += f"[INFO] <{model}> Health check passed on http://127.0.0.1:{port}/health\n".encode()
+    return out + f"[INFO] <{model}> Unloading model, TTL of 300s reached\n".encode()
+
+
+def test_llama_swap_swap_ins_of_a_weak_draft_are_one_incident(cat: Catalogue) -> None:
+    """llama-swap swaps a weak draft's model in three times, a working model between: one low_acceptance
+    incident for the weak model, counted 3 times and never resolved and reopened."""
+    weak = _swap_in("qwen3-weak", LOW, 42871)
+    good = _swap_in("qwen3-spec", ENGINE / "spec-working-default.log", 44087)
+    a, told = _changes(cat, weak + good + weak + good + weak)
+    [inc] = a.incidents()
+    assert (inc.kind, inc.status, inc.count, inc.extra["swap_model"]) == ("low_acceptance", "open", 3, "qwen3-weak")
+    assert "resolved" not in told
+
+
+def test_low_acceptance_resolves_on_a_full_window_of_good_acceptance(cat: Catalogue) -> None:
+    """The same draft path reloaded with a draft that now predicts the target (the b11549 working run, its draft
+    at the weak one's path): resolved once a full window (20 tokens here) accepts above the threshold."""
+    fixed = (ENGINE / "spec-working-default.log").read_bytes().replace(b"draft-same.gguf", b"draft-random.gguf")
+    a, told = _changes(cat, LOW.read_bytes() + fixed, Settings(acceptance_window=20))
+    [inc] = a.incidents()
+    assert inc.status == "resolved" and inc.resolution.startswith("acceptance recovered to 100%"), inc.resolution
+    assert told.count("resolved") == 1
+
+
+def test_another_draft_that_speculates_ends_the_weak_draft_s_incident(cat: Catalogue) -> None:
+    """The weak draft replaced by another that speculates: the weak draft's incident is over."""
+    a, _ = _changes(cat, LOW.read_bytes() + (ENGINE / "spec-working-default.log").read_bytes())
+    [inc] = a.incidents()
+    assert inc.status == "resolved" and "speculation works again" in inc.resolution

@@ -19,11 +19,13 @@ from watcher import catalogue as cat
 from watcher import cli, metrics
 from watcher.classify import Classifier
 from watcher.commands._common import UsageError
+from watcher.dispatch import Wiring
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.framing import Framer, LineSelector
 from watcher.pipeline import Analyzer
 from watcher.relevance import NOISE, RELEVANT
+from watcher.state import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_LOCAL = ROOT / "samples" / "engine" / "draft-kv-oom-verbose.log"
@@ -131,6 +133,32 @@ def test_acceptance_ratio_and_token_counters() -> None:
         assert _get(s, "specwatch_draft_tokens_accepted_total", **labels) == 70
         assert _get(s, "specwatch_speculation_active", slot="all", **labels) == 1
         assert _get(s, "specwatch_lines_total", source="metal.log") == a.lines
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("released", ["each restart", "at the end"])
+def test_a_restart_loop_is_one_incident_and_every_occurrence(released: str) -> None:
+    """200 restarts failing the same way: specwatch_incidents_total says one incident (one alert) and
+    specwatch_incident_occurrences_total the 200 failures, whether the dispatcher hands on each recurrence
+    or one change that already counts them all."""
+    sink = metrics.start("127.0.0.1", 0)
+    try:
+        wiring = Wiring(cat.load([cat.default_dir()]), Settings(), [sink], settle=0)
+        a = wiring.analyzer("/var/log/llama/loop.log")
+        for _ in range(200):
+            a.feed(SEED_LOCAL.read_bytes())
+            if released == "each restart":
+                wiring.dispatcher.tick()
+        a.finish()
+        wiring.dispatcher.flush()
+        [inc] = a.incidents()
+        assert inc.count == 200
+        host, port = sink.address or ("", 0)
+        s = _scrape(f"http://{host}:{port}/metrics")
+        assert _get(s, "specwatch_incidents_total", kind=inc.kind) == 1
+        assert _get(s, "specwatch_incident_occurrences_total", kind=inc.kind) == 200
+        assert _get(s, "specwatch_incident_occurrences_total", kind="spec_disabled") == 0
     finally:
         sink.close()
 

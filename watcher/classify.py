@@ -1,5 +1,12 @@
 """Records to events: strip known relays, then try only the patterns whose anchor occurs in the line; the
-first match wins."""
+first match wins.
+
+A *host marker* (a pattern whose event is ``host_record``) says which program wrote the log: a line only LM
+Studio prints, a path under LM Studio's home. Its fields join the event of whichever pattern matched the line
+first, so an engine line that carries such a path is both that line's event and the news of its host. Markers
+are looked for in the line as written too: a relay's wrapper (ollama's "llama runner process has terminated:")
+is often what names the host.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from typing import Any
 
 from watcher.catalogue import Catalogue, Pattern
 from watcher.events import Event, Record
+
+#: The event of the patterns that name the program writing the log.
+HOST_MARKER = "host_record"
 
 
 class Classifier:
@@ -37,8 +47,9 @@ class Classifier:
 
     def classify(self, record: Record) -> Event | None:
         """The event of the first pattern matching ``record`` (unwrapped), if any."""
-        record = self.unwrap(record)
-        for p in self.candidates(record.text):
+        raw, record = record, self.unwrap(record)
+        candidates = self.candidates(record.text)
+        for p in candidates:
             fields = self._try(p, record)
             if fields is not None:
                 if "cause" not in fields and fields.get("reason"):
@@ -47,7 +58,22 @@ class Classifier:
                         fields.setdefault(k, v)
                 if record.relayed_as:
                     fields.setdefault("relayed_as", record.relayed_as)
+                if p.event != HOST_MARKER and "host" not in fields:
+                    marked = self._marker(record, candidates) or (self._marker(raw) if raw is not record else None)
+                    if marked is not None:
+                        fields["host"] = marked[1]["host"]
                 return Event(p.event, p.id, record, fields)
+        marked = self._marker(raw) if raw is not record else None
+        return Event(HOST_MARKER, marked[0].id, record, marked[1]) if marked is not None else None
+
+    def _marker(self, record: Record,
+                candidates: list[Pattern] | None = None) -> tuple[Pattern, dict[str, Any]] | None:
+        """The host marker matching ``record`` and its fields, if one does (``candidates``: the record's own)."""
+        for m in self.candidates(record.text) if candidates is None else candidates:
+            if m.event == HOST_MARKER:
+                fields = self._try(m, record)
+                if fields and fields.get("host"):
+                    return m, fields
         return None
 
     def matches(self, record: Record) -> list[Pattern]:

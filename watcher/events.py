@@ -45,6 +45,9 @@ FIELD_TYPES: dict[str, type] = {
     "kind": str,
     "commit": str,
     "server": str,
+    # The program whose log this is (``lmstudio``, ``ollama``, ``koboldcpp``), set by patterns that only it
+    # prints: advice then names that program's settings instead of llama-server's flags (watcher/hints.py).
+    "host": str,
     "cmd": str,
     "detail": str,
     # Why a failure happened, in a fixed vocabulary the state rules and hints read (memory, missing_file,

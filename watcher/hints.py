@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from watcher.incidents import Incident, basename
@@ -34,6 +35,7 @@ _LEVERS: dict[str, dict[str, str]] = {
         "fit_target": "keep room with -fitt (--fit-target, MiB per device) or fewer target layers (-ngl)",
         "draft_max": "lower --spec-draft-n-max",
         "draft_offload": "Offload the draft too: -ngld 99 (or --spec-draft-ngl) and, with several GPUs, -devd.",
+        "update": "update llama.cpp",
     },
     "lmstudio": {
         "parallel": "Max Concurrent Predictions",
@@ -45,8 +47,44 @@ _LEVERS: dict[str, dict[str, str]] = {
         "draft_max": "lower the maximum draft size in the Speculative Decoding settings",
         "draft_offload": "Offload the draft too: LM Studio places it with the main model, so check that the "
                          "runtime uses the GPU (a GPU runtime selected, GPU Offload above 0).",
+        "update": "update LM Studio's llama.cpp runtime",
+    },
+    # ollama's names: num_ctx and num_gpu (layers on the GPU) as `/set parameter` lists them (ollama's
+    # cmd/interactive.go; Modelfile PARAMETER and the API's options take the same names), OLLAMA_NUM_PARALLEL as
+    # its FAQ (docs/faq.md, "How does Ollama handle concurrent requests?") defines it. It sets no draft options.
+    "ollama": {
+        "parallel": "OLLAMA_NUM_PARALLEL",
+        "context_name": "num_ctx",
+        "context": "the context (num_ctx)",
+        "draft_context": "the context (num_ctx)",
+        "gpu_layers": "fewer GPU layers (num_gpu)",
+        "fit_target": "keep room with fewer GPU layers (num_gpu)",
+        "update": "update ollama",
+    },
+    # koboldcpp's flags as its own option dump prints them (Namespace(... contextsize, draftamount, draftgpulayers,
+    # draftgpusplit, draftmodel, gpulayers ...), koboldcpp 1.87-1.113 start-up). Its KV cache is not per slot,
+    # so there is no slot lever.
+    "koboldcpp": {
+        "context_name": "--contextsize",
+        "context": "the context (--contextsize)",
+        "draft_context": "the context (--contextsize; the draft's context follows it)",
+        "gpu_layers": "fewer GPU layers (--gpulayers)",
+        "fit_target": "keep room with fewer GPU layers (--gpulayers)",
+        "draft_max": "lower --draftamount",
+        "draft_offload": "Offload the draft too: --draftgpulayers 999 and, with several GPUs, --draftgpusplit.",
+        "update": "update koboldcpp",
     },
 }
+#: Levers a host has no option name for (or none known): what to change, without a flag.
+_UNNAMED = {
+    "draft_max": "a smaller maximum draft size",
+    "draft_offload": "Offload the draft to the GPU too, as the main model is.",
+    "update": "update llama.cpp",
+}
+_FLAG = re.compile(r"(?:^|[\s(])--?[a-z]")
+#: Where a host's options are set, said after advice in llama-server's flags (llama-swap runs llama-server
+#: with the ``cmd`` of each model in its config file: github.com/mostlygeek/llama-swap, config.example.yaml).
+_WHERE = {"llama-swap": " (llama-swap: change the flags in this model's cmd in its config file.)"}
 
 #: Advice by the cause a pattern or a state rule found; ``{impl}`` is the speculative type the log named.
 _BY_CAUSE: dict[str, str] = {
@@ -64,13 +102,107 @@ _BY_CAUSE: dict[str, str] = {
 #: A head type's name as its authors write it, and its article.
 _HEADS = {"eagle3": ("EAGLE-3", "an"), "dflash": ("DFlash", "a"), "dspark": ("DSpark", "a")}
 
+#: The same advice in LM Studio's words, where its log says so: LM Studio chooses the speculative type itself
+#: and takes the draft in the Speculative Decoding settings (0_app/5_advanced/speculative-decoding.md).
+_LMSTUDIO: dict[str, str] = {
+    "no_spec_type": (
+        "LM Studio's llama.cpp runtime loaded the draft but does not use it (no speculative type was set up): "
+        "update LM Studio and its llama.cpp runtime, and choose the draft again in the Speculative Decoding "
+        "settings. Until then this model is slower and holds the draft's memory for nothing."),
+    "spec_type_without_draft": (
+        "Speculative decoding ({impl}) is on without a draft model: choose one in the Speculative Decoding "
+        "settings, or turn speculative decoding off."),
+    "draft_kind_mismatch": (
+        "{head} speculation needs {a_head} head made for this target, not an ordinary draft model: choose the "
+        "matching head as the draft in the Speculative Decoding settings, or a plain draft of the target's "
+        "family."),
+    "draft_head_alone": (
+        "{name} is a draft head (MTP assistant, EAGLE3 or DFlash head), not a model: load its target and choose "
+        "this file as the target's draft in the Speculative Decoding settings. If it already is the draft, this "
+        "runtime does not hand it the target's context: update LM Studio's llama.cpp runtime."),
+    "no_mtp_layers": (
+        "Use a GGUF of this model that contains its MTP layers (often a separate '-MTP' file or variant), or turn "
+        "speculative decoding off for it; without them there is nothing to draft with."),
+    "no_gpu": (
+        "LM Studio's llama.cpp runtime found no usable GPU: select a GPU runtime (CUDA, ROCm, Vulkan, Metal) and "
+        "check that the device is visible to it; a draft on the CPU rarely makes decoding faster."),
+    "draft_not_found": "Check the draft chosen in the Speculative Decoding settings: the file is not where LM Studio "
+                       "looks for it (moved or deleted).",
+    "index_error": (
+        "The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an index check "
+        "while placing the draft's layers on the devices, seen with little free VRAM left. Lower the main "
+        "model's GPU Offload or its Context Length, or update LM Studio's llama.cpp runtime."),
+    "unknown_arch": (
+        "This runtime does not know the draft's architecture ('{arch}'): update LM Studio's llama.cpp runtime. "
+        "An MTP/assistant head also needs LM Studio to run it as MTP rather than as a plain draft."),
+    "bad_gguf": "Download the draft again in LM Studio; the file is not readable by this runtime.",
+    "inferred": (
+        "Check that the draft is really used: a draft model chosen in the Speculative Decoding settings, accepted "
+        "draft tokens shown in the chat (the setting to visualise them), and an up-to-date llama.cpp runtime."),
+    "head_as_plain": (
+        "The draft is a {head} head (llama.cpp said it needs the target's context) and LM Studio ran it as a "
+        "plain draft: update LM Studio and its runtime, or serve without the draft until fixed."),
+    "runtime_error": "Requests fail with HTTP 500: update LM Studio's llama.cpp runtime, or turn speculative "
+                     "decoding off until fixed.",
+}
+
+
+#: The same advice for a host whose speculative settings are not known by name (ollama, koboldcpp): what to
+#: change, without llama-server's flags; ``{host}`` is the program's name.
+_OTHER_HOST: dict[str, str] = {
+    "no_spec_type": (
+        "{host}'s llama.cpp (b9464+) loaded the draft but does not use it without a speculative type: update "
+        "{host}. Until then this server is slower and holds the draft's memory for nothing."),
+    "spec_type_without_draft": (
+        "Speculative decoding ({impl}) is set up without a draft model: give {host} a draft model, or turn "
+        "speculative decoding off."),
+    "draft_kind_mismatch": (
+        "{head} speculation needs {a_head} head made for this target, not an ordinary draft model: give {host} "
+        "the matching head as the draft, or a plain draft of the target's family."),
+    "draft_head_alone": (
+        "{name} is a draft head (MTP assistant, EAGLE3 or DFlash head), not a model: load its target as the model "
+        "and this file as its draft. If it already is the draft, this build does not hand it the target's "
+        "context: update {host}."),
+    "no_mtp_layers": (
+        "Use a GGUF of this model that contains its MTP layers (often a separate '-MTP' file or variant), or turn "
+        "MTP off; without them there is nothing to draft with."),
+    "no_gpu": (
+        "{host}'s llama.cpp found no usable GPU: use a GPU build of {host} and check that the device is visible "
+        "(driver, CUDA_VISIBLE_DEVICES, the container's GPU access); a draft on the CPU rarely makes decoding "
+        "faster."),
+    "draft_not_found": "Check the path of the draft model given to {host}.",
+    "index_error": (
+        "The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an index check "
+        "while placing the draft's layers on the devices, seen with little free VRAM left. Leave more VRAM free "
+        "(fewer GPU layers, a smaller context) or update {host}."),
+    "bad_gguf": "Re-download or re-convert the draft GGUF; the file is not readable by this {host} build.",
+    "inferred": (
+        "Check that the draft is really used: draft statistics (draft acceptance) should follow each request; "
+        "update {host} if they never do."),
+    "head_as_plain": (
+        "The draft is a {head} head (llama.cpp said it needs the target's context) and ran as a plain draft: run "
+        "it as MTP where {host} offers that, update {host}, or serve without the draft until fixed."),
+}
+_HOST_NAMES = {"ollama": "ollama", "koboldcpp": "koboldcpp"}
+
+
+def _in_host_words(run: Run, key: str) -> str | None:
+    """The advice ``key`` in the words of the program whose log it is, where that is not llama-server's."""
+    if run.host == "lmstudio":
+        return _LMSTUDIO.get(key)
+    name = _HOST_NAMES.get(run.host or "")
+    text = _OTHER_HOST.get(key) if name else None
+    # Not str.format: the caller fills the advice's own fields ({impl}, {head}, {name}) afterwards.
+    return text.replace("{host}", name) if text and name else None
+
 
 def _lever(run: Run, name: str, **kw: object) -> str | None:
     """The lever ``name`` in the words of the program that wrote the log, or None where it has none."""
     levers = _LEVERS.get(run.host or "llama.cpp", _LEVERS["llama.cpp"])
     if name == "draft_context" and (run.build or run.min_build or 0) >= 9109:
         name = "draft_context_b9109" if "draft_context_b9109" in levers else name
-    words = levers.get(name)
+    # A lever the host names no option for is described, never given in llama-server's flags.
+    words = levers.get(name, _UNNAMED.get(name))
     return words.format(**kw) if words else None
 
 
@@ -111,12 +243,21 @@ def kv_levers(kv_mib: float, n_ctx: int | None, n_slots: int = 1, free_mib: floa
 
 
 def for_incident(inc: Incident, run: Run) -> str:
-    """The hint for one incident; empty when the log gives nothing to compute from."""
+    """The hint for one incident, in the words of the program whose log it is; empty when there is nothing to say."""
+    hint = _advice(inc, run)
+    return hint + _WHERE.get(run.host or "", "") if _FLAG.search(hint) else hint
+
+
+def _advice(inc: Incident, run: Run) -> str:
     cause = inc.extra.get("cause")
     if cause in _BY_CAUSE:
         impl = str(inc.extra.get("impl") or "draft-simple")
         name, article = _HEADS.get(impl.lower().removeprefix("draft-").replace("-", ""), ("EAGLE-3 or DFlash", "an"))
-        return _BY_CAUSE[str(cause)].format(impl=impl, head=name, a_head=f"{article} {name}")
+        text = _in_host_words(run, str(cause)) or _BY_CAUSE[str(cause)]
+        return text.format(impl=impl, head=name, a_head=f"{article} {name}")
+    host_text = _in_host_words(run, str(cause)) if cause in ("draft_head_alone", "no_mtp_layers", "no_gpu") else None
+    if host_text:
+        return host_text.format(name=basename(inc.draft_model) or "This file")
     match inc.kind:
         case "draft_context_failed" | "draft_load_failed" if cause == "draft_head_alone":
             return (f"{basename(inc.draft_model) or 'This file'} is a draft head (MTP assistant, EAGLE3 or DFlash "
@@ -137,25 +278,34 @@ def for_incident(inc: Incident, run: Run) -> str:
             if cause == "memory":
                 return _draft_memory(inc, run)
             if cause == "missing_file":
-                return "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio)."
+                return _in_host_words(run, "draft_not_found") or (
+                    "Check the draft path (-md / --spec-draft-model, or the draft chosen in LM Studio).")
             if cause == "index_error":
-                return ("The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an "
+                return _in_host_words(run, "index_error") or (
+                        "The draft GGUF is usually fine (reporters load it alone without error): llama.cpp failed an "
                         "index check while placing the draft's layers on the devices, seen with little free VRAM "
                         "left or an unusual tensor split. Try fewer draft GPU layers (-ngld), another device for the "
                         "draft (-devd), a smaller target context (-c), or a newer llama.cpp.")
             if cause == "unknown_arch":
                 arch = inc.extra.get("arch") or "?"
+                lms = _in_host_words(run, "unknown_arch")
+                if lms:
+                    return lms.format(arch=arch)
+                if run.host in ("koboldcpp", "ollama"):
+                    return f"This build does not know the draft's architecture ('{arch}'): {_lever(run, 'update')}."
                 return (f"This build does not know the draft's architecture ('{arch}'): update llama.cpp (or the "
                         "host: koboldcpp, the LM Studio runtime). An MTP/assistant head also needs the MTP mode "
                         "(--spec-type draft-mtp) rather than a plain draft.")
             if cause == "bad_gguf":
-                return "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build."
+                return _in_host_words(run, "bad_gguf") or (
+                    "Re-download or re-convert the draft GGUF; the file is not readable by this llama.cpp build.")
             return "Read the evidence lines: the draft model did not load."
         case "spec_disabled":
             if inc.confidence == "inferred":
-                return ("Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple "
-                        "with -md; "
-                        "run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per slot.")
+                return _in_host_words(run, "inferred") or (
+                        "Check that the draft is really used: on llama.cpp b9464+ pass --spec-type draft-simple "
+                        "with -md; run with -lv 4 to see speculation init lines; /slots shows \"speculative\" per "
+                        "slot.")
             if inc.extra.get("follows"):
                 who = "LM Studio" if run.host == "lmstudio" else "The server"
                 return (f"{who} reloaded the model without its draft because the draft failed (incident "
@@ -180,10 +330,14 @@ def for_incident(inc: Incident, run: Run) -> str:
             return _target_memory(inc, run)
         case "spec_runtime_error":
             if run.draft_head and run.spec_mode != "mtp":
+                lms = _in_host_words(run, "head_as_plain")
+                if lms:
+                    return lms.format(head=run.draft_head)
                 return (f"The draft is a {run.draft_head} head (llama.cpp said it needs the target's context): "
                         "if it was attached as a plain draft, use --spec-type draft-mtp (or the host's MTP "
                         "setting); otherwise update llama.cpp, or serve without the draft until fixed.")
-            return "Requests fail with HTTP 500: update llama.cpp, or serve without the draft until fixed."
+            return _in_host_words(run, "runtime_error") or (
+                f"Requests fail with HTTP 500: {_lever(run, 'update')}, or serve without the draft until fixed.")
     return ""
 
 

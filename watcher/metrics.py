@@ -118,6 +118,10 @@ class Metrics:
         self._counts: dict[str, _SourceCounts] = {}
         self._incidents: dict[int, tuple[str, str, str]] = {}  # id(inc) -> kind, severity, status
         self._opened: dict[str, int] = dict.fromkeys(KINDS, 0)
+        #: Occurrences by kind: an incident counts once per failure it stands for (a restart loop of 200 loads
+        #: is one incident opened and 200 occurrences), from the ``count`` each change of it carries.
+        self._occurred: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._counted: dict[int, int] = {}  # id(inc) -> the count already added to _occurred
         self._deliveries: dict[tuple[str, str], int] = {}
         self.registry.register(cast(Any, _Collector(self)))
 
@@ -143,6 +147,11 @@ class Metrics:
             if change == "opened":
                 self._opened[inc.kind] = self._opened.get(inc.kind, 0) + 1
             self._incidents[id(inc)] = (inc.kind, inc.severity, inc.status)
+            # The dispatcher may release several recurrences in one change: add what the count grew by.
+            grown = inc.count - self._counted.get(id(inc), 0)
+            if grown > 0:
+                self._occurred[inc.kind] = self._occurred.get(inc.kind, 0) + grown
+                self._counted[id(inc)] = inc.count
 
     def delivery(self, target: str, ok: bool) -> None:
         """One delivery attempt to a notification target (the URL is reduced by ``target_label``)."""
@@ -160,6 +169,7 @@ class Metrics:
                       for k, v in self._counts.items()}
             incidents = list(self._incidents.values())
             opened = dict(self._opened)
+            occurred = dict(self._occurred)
             deliveries = dict(self._deliveries)
 
         info = GaugeMetricFamily("specwatch_build_info", "specwatch version", labels=["version"])
@@ -181,6 +191,14 @@ class Metrics:
         for kind, n in sorted(opened.items()):
             total.add_metric([kind], n)
         yield total
+
+        occurrences = CounterMetricFamily(
+            "specwatch_incident_occurrences",
+            "Failures seen, by kind: an incident's first occurrence and each recurrence (a restart that fails "
+            "the same way, the same weak draft loaded again) counted into it", labels=["kind"])
+        for kind, n in sorted(occurred.items()):
+            occurrences.add_metric([kind], n)
+        yield occurrences
 
         lines = CounterMetricFamily("specwatch_lines", "Log lines read", labels=["source"])
         unmatched = CounterMetricFamily(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from watcher.events import Event
 from watcher.incidents import Incident, basename
-from watcher.state import Run, Settings, Stream
+from watcher.state import Run, Settings, Stream, settled_by_speculation
 
 #: Events the demux consumes; state never sees them (they would start runs in logs without a server).
 SWAP_EVENTS = frozenset({"swap_start", "swap_ready", "swap_stop", "swap_exit", "listen_port"})
@@ -91,6 +91,11 @@ class SwapStream(Stream):
         """Route one event: llama-swap's own lines move sections, everything else goes to the current one."""
         t = ev.type
         if t in SWAP_EVENTS:
+            if ev.get("host") and self.host is None:
+                # llama-swap's own line: every model's advice says where its flags are set.
+                self.host = ev.get("host")
+                for stream in self.streams:
+                    stream._host_found(self.host)
             self._swap_event(ev)
             return
         sec = self.current
@@ -242,6 +247,7 @@ class SwapStream(Stream):
 
     def _new_stream(self) -> Stream:
         stream = Stream(self.source, self.settings)
+        stream.host = self.host
         stream.on_change = self._tagger(stream)
         stream.earlier_load = self._earlier_load(stream)
         return stream
@@ -291,8 +297,7 @@ def _resolve_earlier(old: list[Run], run: Run, on_change: Callable[[Incident], N
     state does when a reload of the same server speculates again."""
     for older in old:
         for inc in older.incidents.values():
-            same = not inc.model or not run.target_model or basename(inc.model) == basename(run.target_model)
-            if inc.status == "open" and same and inc.kind != "main_model_oom":
+            if inc.status == "open" and settled_by_speculation(inc, run):
                 inc.status = "resolved"
                 inc.resolved_line = run.first_line
                 inc.resolution = f"speculation works again in run {run.ordinal}"

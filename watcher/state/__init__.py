@@ -9,7 +9,8 @@ slots), loading, memory, failures, serving, conclusions, and stream (which puts 
 """
 
 from watcher.state.model import Run, Settings, Slot
-from watcher.state.serving import acceptance_upper_bound
+from watcher.state.serving import acceptance_upper_bound, settled_by_speculation
 from watcher.state.stream import HANDLERS, IGNORED, Stream
 
-__all__ = ["HANDLERS", "IGNORED", "Run", "Settings", "Slot", "Stream", "acceptance_upper_bound"]
+__all__ = ["HANDLERS", "IGNORED", "Run", "Settings", "Slot", "Stream", "acceptance_upper_bound",
+           "settled_by_speculation"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from watcher.events import Event
-from watcher.incidents import basename
+from watcher.incidents import Incident, basename
 from watcher.state.conclusions import Conclusions
 from watcher.state.model import Run
 
@@ -64,6 +64,8 @@ class ServingRules(Conclusions):
         run.spec_mode = run.spec_mode or ev.get("impl")
 
     def _check_acceptance(self, run: Run, ev: Event) -> None:
+        """Low acceptance over the window opens (or, for a new load of the same draft, counts again) its
+        incident; acceptance back above the threshold over a full window resolves it."""
         window = self.settings.acceptance_window
         gen = acc = 0
         for g, a in reversed(self._last_acc):
@@ -81,6 +83,14 @@ class ServingRules(Conclusions):
         if gen < window and not clear_miss:
             return
         inc = run.incidents.get("low_acceptance")
+        if inc is None:
+            # A reload (a llama-swap swap-in) of the same target and draft: its acceptance judges that incident.
+            inc = self._recurrence(run, "low_acceptance")
+            if inc is not None and rate < self.settings.low_acceptance:
+                inc.count += 1
+                inc.extra["last_run"] = run.ordinal
+                run.incidents["low_acceptance"] = inc
+                self._changed(inc)
         if rate < self.settings.low_acceptance:
             if inc is None:
                 inc = self._incident(run, "low_acceptance", ev, severity="warning",
@@ -105,8 +115,7 @@ class ServingRules(Conclusions):
             if older is run:
                 continue
             for inc in older.incidents.values():
-                same_model = not inc.model or not run.target_model or basename(inc.model) == basename(run.target_model)
-                if inc.status == "open" and same_model and inc.kind != "main_model_oom":
+                if inc.status == "open" and settled_by_speculation(inc, run):
                     inc.status = "resolved"
                     inc.resolved_line = ev.record.lineno
                     inc.resolution = f"speculation works again in run {run.ordinal} (line {ev.record.lineno})"
@@ -117,6 +126,17 @@ class ServingRules(Conclusions):
                 inc.resolved_line = ev.record.lineno
                 inc.resolution = "draft statistics appeared after all"
                 self._changed(inc)
+
+
+def settled_by_speculation(inc: Incident, run: Run) -> bool:
+    """Whether ``run`` speculating settles ``inc``, an earlier load's failure: one of the same target, unless
+    the target's own memory failed or it is low acceptance of the same draft (only acceptance over a full
+    window settles that: speculating again with a draft as weak is the same problem, not its end)."""
+    if inc.kind == "main_model_oom":
+        return False
+    if inc.model and run.target_model and basename(inc.model) != basename(run.target_model):
+        return False
+    return not (inc.kind == "low_acceptance" and basename(inc.draft_model) == basename(run.draft_model))
 
 
 def acceptance_upper_bound(accepted: float, drafted: float, z: float = 1.645) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from watcher import hints
 from watcher.events import Event
 from watcher.incidents import Incident
 from watcher.state.loading import LoadingRules
@@ -52,6 +53,16 @@ class Stream(LoadingRules, MemoryRules, ServingRules):
         """The number of the latest run, counting those seen before a resume."""
         return self.runs[-1].ordinal if self.runs else self.run_base
 
+    def _host_found(self, host: str) -> None:
+        """A line only ``host`` prints: this log is that program's, and advice already given says its words."""
+        self.host = host
+        for r in self.runs:
+            if r.host is None:
+                r.host = host
+                for inc in r.incidents.values():
+                    if inc.status == "open" and inc.hint:
+                        inc.hint = hints.for_incident(inc, r)
+
     def _new_run(self, lineno: int, reason: str) -> Run:
         prev = self.runs[-1] if self.runs else None
         run = Run(prev.ordinal + 1 if prev is not None else self.run_base + 1, self.source, lineno, host=self.host)
@@ -73,10 +84,11 @@ class Stream(LoadingRules, MemoryRules, ServingRules):
     def apply(self, ev: Event) -> None:
         """Update state with one event."""
         t = ev.type
+        # ``server`` is what user pattern files written before the ``host`` field set.
+        host = ev.get("host") or (ev.get("server") if t == "host_record" else None)
+        if host and host != self.host:
+            self._host_found(host)
         if t == "host_record":
-            self.host = ev.get("server") or self.host
-            for r in self.runs:
-                r.host = r.host or self.host
             return
         if t == "spec_no_impls":
             # Printed just before a slot's init lines: it belongs to the run that slot belongs to.
