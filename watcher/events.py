@@ -103,6 +103,7 @@ EVENTS: dict[str, str] = {
     "model_loaded": "the server finished loading and serves",
     "model_loading": "the target model starts loading (its path)",
     "model_meta": "a GGUF file's metadata was read (its path)",
+    "projector_meta": "a multimodal projector's (mmproj) metadata was read: a second GGUF that is not a draft",
     "model_arch": "the architecture of the model being loaded (memory ledger)",
     "model_file_size": "the size of the model file being loaded (memory ledger)",
     "device_memory": "a device's total and free memory (memory ledger)",

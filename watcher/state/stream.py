@@ -161,6 +161,8 @@ IGNORED: dict[str, str] = {
     "swap_exit": "llama-swap's demux consumes it to close a section",
     "listen_port": "llama-swap's demux consumes it to tie a section to its port",
     "host_record": "Stream.apply takes it for the whole stream (which host wrote the log), not for one run",
+    "projector_meta": "a vision/audio projector belongs to the target: claimed so that model_meta never takes "
+                      "it for a second model (a draft)",
     **dict.fromkeys(("model_arch", "model_file_size", "device_memory", "task_release", "prompt_cache",
                      "server_exiting"),
                     "the memory ledger's LoadTracker (watcher/loads.py) reads it; incident rules do not use it"),

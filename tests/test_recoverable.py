@@ -1,0 +1,147 @@
+"""Allocation failures and warnings that the engine or its host recovers from raise nothing, and a second GGUF
+that is not a draft (a multimodal projector, a LoRA adapter) is never taken for one. Every line is the format
+string of the source cited beside it, filled in as the engine prints it."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.catalogue import Catalogue
+from watcher.incidents import Incident
+from watcher.pipeline import Analyzer
+
+LOAD_TARGET = "srv    load_model: loading model '/models/Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf'"
+META = ("llama_model_loader: loaded meta data with 35 key-value pairs and 339 tensors from "
+        "/models/Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf (version GGUF V3 (latest))")
+SLOTS = "srv    load_model: initializing slots, n_slots = 4"
+MODEL_LOADED = "srv  llama_server: model loaded"
+TASKS = [f"slot print_timing: id  0 | task {i} | prompt eval time =     948.41 ms /    13 tokens (   72.95 ms per "
+         "token,    13.71 tokens per second)" for i in range(12)]
+# ggml-cuda.cu ggml_backend_cuda_buffer_type_alloc_buffer / ggml-alloc.c ggml_gallocr_reserve_n
+CUDA_OOM = ("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 808.35 MiB on device 1: cudaMalloc failed: out of "
+            "memory")
+GALLOCR = "ggml_gallocr_reserve_n: failed to allocate CUDA1 buffer of size 847616000"
+# clip.cpp clip_model_loader: "%s: loaded meta data with %d key-value pairs and %d tensors from %s" (no version);
+# server-context.cpp load_model: "loaded multimodal model, '%s'"
+PROJECTOR = [
+    "clip_model_loader: model name:   Qwen2.5-VL-7B-Instruct",
+    "clip_model_loader: loaded meta data with 24 key-value pairs and 519 tensors from "
+    "/models/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf",
+    "load_hparams: projector:          qwen2.5vl_merger",
+    "srv    load_model: loaded multimodal model, '/models/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf'",
+]
+# The 2024 clip.cpp printed the same line from clip_model_load.
+PROJECTOR_2024 = ["clip_model_load: loaded meta data with 18 key-value pairs and 455 tensors from "
+                  "/models/mmproj-model-f16.gguf"]
+
+
+def feed(cat: Catalogue, *lines: str) -> list[Incident]:
+    """Analyse these lines as one log, to its end; the incidents it leaves open."""
+    a = Analyzer(cat, source="t.log")
+    a.feed(("\n".join(lines) + "\n").encode())
+    a.finish()
+    return [i for i in a.incidents() if i.status == "open"]
+
+
+RECOVERED: dict[str, list[str]] = {
+    # llama-context.cpp sched_reserve (b6857+): LLAMA_LOG_WARN("%s: compute buffer allocation failed, retrying
+    # without pipeline parallelism\n"), then graph_reserve again; the Vulkan chain is ggml-vulkan.cpp's.
+    "pipeline-parallelism retry (CUDA)": [
+        LOAD_TARGET, META, CUDA_OOM, GALLOCR, "graph_reserve: failed to allocate compute buffers",
+        "sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism",
+        "sched_reserve:      CUDA0 compute buffer size =   408.09 MiB", SLOTS, MODEL_LOADED, *TASKS[:2]],
+    "pipeline-parallelism retry (Vulkan)": [
+        LOAD_TARGET, META, "ggml_vulkan: Device memory allocation of size 455917568 failed.",
+        "ggml_vulkan: vk::Device::allocateMemory: ErrorOutOfDeviceMemory",
+        "ggml_gallocr_reserve_n_impl: failed to allocate Vulkan1 buffer of size 455917568",
+        "graph_reserve: failed to allocate compute buffers",
+        "sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism",
+        SLOTS, MODEL_LOADED, *TASKS[:2]],
+    "pipeline-parallelism retry, excerpt ending at the retry": [
+        LOAD_TARGET, META, CUDA_OOM, GALLOCR, "graph_reserve: failed to allocate compute buffers",
+        "sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism"],
+    # ggml-cuda.cu ggml_cuda_host_malloc: "%s: failed to allocate %.2f MiB of pinned memory: %s" (WARN in 2024,
+    # DEBUG now); the host buffer type then falls back to a CPU buffer.
+    "CUDA pinned host memory falls back to a CPU buffer": [
+        LOAD_TARGET, META, "ggml_cuda_host_malloc: failed to allocate 1024.00 MiB of pinned memory: out of memory",
+        "llm_load_tensors:        CPU buffer size =  1024.00 MiB", SLOTS, MODEL_LOADED, *TASKS[:2]],
+    # 2023 ggml-cuda.cu: fprintf(stderr, "WARNING: failed to allocate %.2f MB of pinned memory: %s\n")
+    "CUDA pinned host memory, 2023 wording": [
+        LOAD_TARGET, META, "WARNING: failed to allocate 1024.00 MB of pinned memory: out of memory",
+        SLOTS, MODEL_LOADED, *TASKS[:2]],
+    # ggml-sycl.cpp ggml_sycl_host_malloc: "WARNING: failed to allocate %.2f MB of pinned memory: %s"
+    "SYCL pinned host memory": [
+        LOAD_TARGET, META,
+        "WARNING: failed to allocate 1024.00 MB of pinned memory: syclGetErrorString is not supported",
+        SLOTS, MODEL_LOADED, *TASKS[:2]],
+    # ggml-vulkan.cpp ggml_backend_vk_host_buffer_type_alloc_buffer: "ggml_vulkan: Failed to allocate pinned
+    # memory (<what>)", then ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), size).
+    "Vulkan pinned host memory, excerpt ending there": [
+        LOAD_TARGET, META, "ggml_vulkan: Failed to allocate pinned memory (ErrorOutOfHostMemory)"],
+    # llama-mmap.cpp llama_mlock::raw_lock: "warning: failed to mlock %zu-byte buffer (after previously locking
+    # %zu bytes): %s\n" + "Try increasing RLIMIT_MEMLOCK ('ulimit -l' as root).\n"; loading goes on.
+    "mlock refused": [
+        LOAD_TARGET, META,
+        "warning: failed to mlock 1433600000-byte buffer (after previously locking 0 bytes): Cannot allocate memory",
+        "Try increasing RLIMIT_MEMLOCK ('ulimit -l' as root).", SLOTS, MODEL_LOADED, *TASKS[:2]],
+    # ggml-metal.m ggml_backend_metal_log_allocated_size: a warning, not a failure.
+    "Metal over its recommended working set": [
+        LOAD_TARGET, META, "ggml_backend_metal_log_allocated_size: warning: current allocated size is greater than "
+        "the recommended max working set size", SLOTS, MODEL_LOADED, *TASKS[:2]],
+    # server update_slots: "failed to find free space in the KV cache, retrying with smaller batch size, i = %d,
+    # n_batch = %d, ret = %d" after llama-context decode's "failed to find a memory slot for batch of size %d".
+    "KV cache full, batch halved": [
+        LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+        "decode: failed to find a memory slot for batch of size 512",
+        "srv  update_slots: failed to find free space in the KV cache, retrying with smaller batch size, i = 0, "
+        "n_batch = 512, ret = 1", TASKS[1]],
+    # server update_slots: context shift, a normal event of a full context.
+    "context shift": [
+        LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+        "slot update_slots: id  0 | task 5 | slot context shift, n_keep = 0, n_left = 4094, n_discard = 2047",
+        TASKS[1]],
+    # ollama llm/server.go (ollama engine, 0.11+): an "alloc" load operation that does not fit is retried with
+    # fewer GPU layers: slog.Info("model layout did not fit, applying backoff", "backoff", ...), then the runner
+    # starts ("llama runner started in %0.2f seconds").
+    "ollama's layout backoff": [
+        'time=2025-12-02T17:13:47.200-05:00 level=INFO source=runner.go:1252 msg=load request="{Operation:alloc '
+        'LoraPath:[] Parallel:1 BatchSize:512 FlashAttention:Auto KvSize:4096 NumThreads:8 GPULayers:41}"',
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1580.00 MiB on device 0: cudaMalloc failed: out of "
+        "memory",
+        "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1656750080",
+        'time=2025-12-02T17:13:47.912-05:00 level=INFO source=server.go:1004 msg="model layout did not fit, '
+        'applying backoff" backoff=0.10',
+        'time=2025-12-02T17:13:48.200-05:00 level=INFO source=runner.go:1252 msg=load request="{Operation:commit '
+        'LoraPath:[] Parallel:1 BatchSize:512 GPULayers:37}"',
+        'time=2025-12-02T17:13:52.310-05:00 level=INFO source=server.go:1310 msg="llama runner started in 5.02 '
+        'seconds"'],
+    # A multimodal server: the projector is a second GGUF, not a draft; tasks print no draft statistics.
+    "vision projector (mmproj) loaded beside the model": [
+        LOAD_TARGET, META, *PROJECTOR, SLOTS, MODEL_LOADED, *TASKS],
+    "vision projector, 2024 clip.cpp": [LOAD_TARGET, META, *PROJECTOR_2024, SLOTS, MODEL_LOADED, *TASKS],
+    # llama-adapter.cpp llama_adapter_lora_init_impl: a LoRA adapter is no second model either.
+    "LoRA adapter": [
+        LOAD_TARGET, META, "llama_adapter_lora_init_impl: loading lora adapter from '/models/lora.gguf' ...",
+        "llama_adapter_lora_init_impl:      CUDA0 LoRA buffer size =    80.00 MiB",
+        "llama_adapter_lora_init_impl: loaded 392 tensors from lora file", SLOTS, MODEL_LOADED, *TASKS],
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECOVERED))
+def test_recovered_or_normal_sequences_raise_nothing(cat: Catalogue, case: str) -> None:
+    """A sequence llama.cpp (or its host) recovers from, or a healthy one with a second non-draft GGUF, is quiet."""
+    assert [(i.kind, i.reason) for i in feed(cat, *RECOVERED[case])] == []
+
+
+def test_a_failure_while_loading_the_projector_is_never_the_drafts(cat: Catalogue) -> None:
+    """An allocation failure right after the mmproj's metadata is not blamed on a draft: there is none."""
+    incs = feed(cat, LOAD_TARGET, META, *PROJECTOR[:2], CUDA_OOM, GALLOCR)
+    assert [i.kind for i in incs] == ["main_model_oom"]
+    assert incs[0].draft_model is None
+
+
+def test_ollama_backoff_that_runs_out_is_still_reported(cat: Catalogue) -> None:
+    """ollama's backoff is a retry, not a cure: a failure after it with nothing else reads as out of memory."""
+    lines = RECOVERED["ollama's layout backoff"]
+    incs = feed(cat, *lines[:4], CUDA_OOM, GALLOCR)
+    assert [i.kind for i in incs] == ["main_model_oom"]
