@@ -145,3 +145,29 @@ def test_ollama_backoff_that_runs_out_is_still_reported(cat: Catalogue) -> None:
     lines = RECOVERED["ollama's layout backoff"]
     incs = feed(cat, *lines[:4], CUDA_OOM, GALLOCR)
     assert [i.kind for i in incs] == ["main_model_oom"]
+
+
+def _ollama_runner(blob: str, port: int) -> list[str]:
+    """An ollama runner's start as ollama's server log prints it (llm/server.go, 2025)."""
+    path = f"/root/.ollama/models/blobs/sha256-{blob}"
+    return [
+        f'time=2025-02-04T16:56:25.340Z level=INFO source=server.go:376 msg="starting llama server" cmd="/usr/lib/'
+        f'ollama/runners/cuda_v12_avx/ollama_llama_server runner --model {path} --ctx-size 8192 --batch-size 512 '
+        f'--n-gpu-layers 33 --threads 8 --parallel 4 --port {port}"',
+        f"llama_model_loader: loaded meta data with 29 key-value pairs and 292 tensors from {path} (version GGUF V3 "
+        "(latest))",
+        "llm_load_tensors: offloaded 33/33 layers to GPU",
+    ]
+
+
+def test_a_second_ollama_model_is_not_a_draft(cat: Catalogue) -> None:
+    """ollama serving one model and then failing to load another (its own runner) is that model's OOM, not a draft's."""
+    served = [*_ollama_runner("6a0746a1ec1a", 34001),
+              'time=2025-02-04T16:56:28.100Z level=INFO source=server.go:594 msg="llama runner started in 2.76 seconds"',
+              '[GIN] 2025/02/04 - 16:56:29 | 200 |  4.26s |       127.0.0.1 | POST     "/api/chat"']
+    failing = [*_ollama_runner("970aa74c0a90", 34002)[:2],
+               "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1288.00 MiB on device 0: cudaMalloc failed: "
+               "out of memory", "llama_model_load: error loading model: unable to allocate CUDA0 buffer"]
+    incs = feed(cat, *served, *failing)
+    assert [(i.kind, i.draft_model) for i in incs] == [("main_model_oom", None)]
+    assert incs[0].model is not None and incs[0].model.endswith("970aa74c0a90")
