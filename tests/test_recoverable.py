@@ -171,3 +171,26 @@ def test_a_second_ollama_model_is_not_a_draft(cat: Catalogue) -> None:
     incs = feed(cat, *served, *failing)
     assert [(i.kind, i.draft_model) for i in incs] == [("main_model_oom", None)]
     assert incs[0].model is not None and incs[0].model.endswith("970aa74c0a90")
+
+
+def _router_child(port: int, path: str) -> list[str]:
+    """A router child's first lines as the router forwards them (server-models.cpp: LOG("[%5d] %s", port, ...))."""
+    return [f"[{port}] build: 7340 (a1b2c3d4) with cc (GCC) 13.2.0 for x86_64-linux-gnu",
+            f"[{port}] srv    load_model: loading model '{path}'",
+            f"[{port}] llama_model_loader: loaded meta data with 35 key-value pairs and 707 tensors from {path} "
+            "(version GGUF V3 (latest))"]
+
+
+def test_router_children_loading_together_are_not_each_others_drafts(cat: Catalogue) -> None:
+    """Two router children (a chat model and an embedding model) load at once: the chat model's weights that do not
+    fit are a target's failure, not a draft's, though its lines come after the other child's start."""
+    chat = _router_child(41907, "/models/Qwen3-32B-Q4_K_M.gguf")
+    embed = _router_child(41911, "/models/bge-m3-Q8_0.gguf")
+    oom = ["[41907] ggml_backend_cuda_buffer_type_alloc_buffer: allocating 18288.00 MiB on device 0: cudaMalloc "
+           "failed: out of memory",
+           "[41907] llama_model_load: error loading model: unable to allocate CUDA0 buffer",
+           "[41907] llama_model_load_from_file_impl: failed to load model"]
+    incs = feed(cat, "srv          load: spawning server instance with name=qwen on port 41907",
+                "srv          load: spawning server instance with name=bge on port 41911",
+                *chat[:2], *embed, chat[2], *oom)
+    assert [(i.kind, i.draft_model) for i in incs] == [("main_model_oom", None)]

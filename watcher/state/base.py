@@ -31,6 +31,9 @@ class StreamBase:
         #: only after its process loaded, so a swap-in starts a stream of its own): see ``_recurrence``.
         self.earlier_load: Callable[[Run], Run | None] | None = None
         self._last_acc: list[tuple[int, int]] = []  # (drafted, accepted) per task, newest last
+        #: Models some line of this stream announced as a server's target ("loading model '...'", a host's launch
+        #: of a runner): never a draft, whatever run their later lines land in (a router's children interleave).
+        self._targets: set[str] = set()
 
     def _failing_role(self, run: Run) -> str:
         """Whose allocation or context this is, from the sequence: once the target's context exists (slots

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from watcher import hints
 from watcher.events import Event
+from watcher.incidents import basename
 from watcher.state.base import same_file
 from watcher.state.conclusions import Conclusions
 from watcher.state.model import Run
@@ -23,6 +24,8 @@ class LoadingRules(Conclusions):
         run.role = "target"
         run.target_model = ev.get("model") or run.target_model
         run.inherited_model = False
+        if ev.get("model"):
+            self._targets.add(basename(ev.get("model")))
 
     def _on_model_meta(self, run: Run, ev: Event) -> None:
         path = ev.get("model")
@@ -30,7 +33,8 @@ class LoadingRules(Conclusions):
             # The draft named by the command line or the host's options is the model now loading.
             run.role = "draft"
         elif (run.role != "draft" and path and run.target_model and not run.inherited_model
-              and not same_file(path, run.target_model) and run.phase == "loading" and not run.draft_model):
+              and not same_file(path, run.target_model) and run.phase == "loading" and not run.draft_model
+              and basename(path) not in self._targets):
             # A second model loaded by the same process before it serves: llama.cpp loads the target first and
             # then the draft (server before b4164's log line, llama-speculative and -simple of 2023 to now).
             run.role = "draft"
