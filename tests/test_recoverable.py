@@ -194,3 +194,11 @@ def test_router_children_loading_together_are_not_each_others_drafts(cat: Catalo
                 "srv          load: spawning server instance with name=bge on port 41911",
                 *chat[:2], *embed, chat[2], *oom)
     assert [(i.kind, i.draft_model) for i in incs] == [("main_model_oom", None)]
+
+
+@pytest.mark.parametrize("flag", ["-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf"])
+def test_a_draft_from_hugging_face_is_a_draft_model(cat: Catalogue, flag: str) -> None:
+    """common/arg.cpp gives the draft by -md or by a Hugging Face repo: --spec-type draft-simple with the latter is
+    not 'a draft type without a draft model', even where the draft's loading line is hidden (default verbosity)."""
+    cmd = f"llama-server -hf ggml-org/Qwen3-32B-GGUF {flag} ggml-org/Qwen3-0.6B-GGUF --spec-type draft-simple --port 8080"
+    assert feed(cat, cmd, LOAD_TARGET, META, SLOTS, MODEL_LOADED, *TASKS[:2]) == []
