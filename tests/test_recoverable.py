@@ -115,6 +115,22 @@ RECOVERED: dict[str, list[str]] = {
         'LoraPath:[] Parallel:1 BatchSize:512 GPULayers:37}"',
         'time=2025-12-02T17:13:52.310-05:00 level=INFO source=server.go:1310 msg="llama runner started in 5.02 '
         'seconds"'],
+    # ggml-metal: "%s: command buffer %d failed with status %lu" then "error: %s" (the MTLCommandBuffer error's
+    # description). A GPU timeout fails that batch; it is no out-of-memory of the model.
+    "Metal GPU timeout after status 5": [
+        LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5",
+        "error: Caused GPU Timeout Error (00000002:kIOAccelCommandBufferCallbackErrorTimeout)", TASKS[1]],
+    "Metal interactivity kill at the end of an excerpt": [
+        LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+        "ggml_metal_graph_compute: command buffer 1 failed with status 5",
+        "error: Impacting Interactivity (0000000e:kIOGPUCommandBufferCallbackErrorImpactingInteractivity)"],
+    # server prompt cache (server_prompt_cache::alloc): SRV_ERR("failed to allocate memory for prompt cache state:
+    # %s") then SRV_WRN(" - cache size limit reduced to %.3f MiB"): the cache shrinks, serving goes on.
+    "prompt cache shrinks after bad_alloc": [
+        LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+        "srv          alloc: failed to allocate memory for prompt cache state: std::bad_alloc",
+        "srv          alloc:  - cache size limit reduced to 3276.800 MiB", TASKS[1]],
     # A multimodal server: the projector is a second GGUF, not a draft; tasks print no draft statistics.
     "vision projector (mmproj) loaded beside the model": [
         LOAD_TARGET, META, *PROJECTOR, SLOTS, MODEL_LOADED, *TASKS],
@@ -202,3 +218,11 @@ def test_a_draft_from_hugging_face_is_a_draft_model(cat: Catalogue, flag: str) -
     not 'a draft type without a draft model', even where the draft's loading line is hidden (default verbosity)."""
     cmd = f"llama-server -hf ggml-org/Qwen3-32B-GGUF {flag} ggml-org/Qwen3-0.6B-GGUF --spec-type draft-simple --port 8080"
     assert feed(cat, cmd, LOAD_TARGET, META, SLOTS, MODEL_LOADED, *TASKS[:2]) == []
+
+
+def test_metal_status_5_that_is_out_of_memory_is_still_reported(cat: Catalogue) -> None:
+    """Status 5 followed by Metal's Insufficient Memory description stays the target's out of memory."""
+    incs = feed(cat, LOAD_TARGET, META, SLOTS, MODEL_LOADED, TASKS[0],
+                "ggml_metal_graph_compute: command buffer 0 failed with status 5",
+                "error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)", TASKS[1])
+    assert [i.kind for i in incs] == ["main_model_oom"]

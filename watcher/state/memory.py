@@ -44,6 +44,14 @@ class MemoryRules(StreamBase):
 
     _on_alloc_warning = _on_alloc_retry
 
+    def _on_gpu_error_not_memory(self, run: Run, ev: Event) -> None:
+        # Metal's "failed with status 5" is read as an allocation failure, since the memory case is the one
+        # that matters; the description line after it can say otherwise. Then that failure is not one to conclude.
+        last = run.ledger.failures[-1] if run.ledger.failures else None
+        if last is not None and ln_close(last.lineno, ev.record.lineno):
+            run.failures_reported = len(run.ledger.failures)
+        run.recent_errors.append(ev)
+
     def _on_draft_gpu_ignored(self, run: Run, ev: Event) -> None:
         # Judged once the load is over: a build that loads its GPU backends late prints this and still
         # offloads, so the log's own placement lines have the last word (_check_draft_placement).
