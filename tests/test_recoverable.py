@@ -179,7 +179,8 @@ def _ollama_runner(blob: str, port: int) -> list[str]:
 def test_a_second_ollama_model_is_not_a_draft(cat: Catalogue) -> None:
     """ollama serving one model and then failing to load another (its own runner) is that model's OOM, not a draft's."""
     served = [*_ollama_runner("6a0746a1ec1a", 34001),
-              'time=2025-02-04T16:56:28.100Z level=INFO source=server.go:594 msg="llama runner started in 2.76 seconds"',
+              'time=2025-02-04T16:56:28.100Z level=INFO source=server.go:594 msg="llama runner started in 2.76 '
+              'seconds"',
               '[GIN] 2025/02/04 - 16:56:29 | 200 |  4.26s |       127.0.0.1 | POST     "/api/chat"']
     failing = [*_ollama_runner("970aa74c0a90", 34002)[:2],
                "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1288.00 MiB on device 0: cudaMalloc failed: "
@@ -216,7 +217,8 @@ def test_router_children_loading_together_are_not_each_others_drafts(cat: Catalo
 def test_a_draft_from_hugging_face_is_a_draft_model(cat: Catalogue, flag: str) -> None:
     """common/arg.cpp gives the draft by -md or by a Hugging Face repo: --spec-type draft-simple with the latter is
     not 'a draft type without a draft model', even where the draft's loading line is hidden (default verbosity)."""
-    cmd = f"llama-server -hf ggml-org/Qwen3-32B-GGUF {flag} ggml-org/Qwen3-0.6B-GGUF --spec-type draft-simple --port 8080"
+    cmd = (f"llama-server -hf ggml-org/Qwen3-32B-GGUF {flag} ggml-org/Qwen3-0.6B-GGUF --spec-type draft-simple "
+           "--port 8080")
     assert feed(cat, cmd, LOAD_TARGET, META, SLOTS, MODEL_LOADED, *TASKS[:2]) == []
 
 

@@ -73,7 +73,8 @@ EVENTS: dict[str, str] = {
     "alloc_failed": "an allocation did not fit (device, size, what it was for)",
     "alloc_retry": "llama.cpp retries an allocation with less (recoverable)",
     "alloc_warning": "a memory warning that is not a failure (macOS working set)",
-    "gpu_error_not_memory": "a GPU error that says it is not about memory (Metal timeout, hang): the generic failure line just before it was not an allocation",
+    "gpu_error_not_memory": ("a GPU error that says it is not about memory (Metal timeout, hang): the generic "
+                             "failure line just before it was not an allocation"),
     "buffer_size": "a model, KV or compute buffer of this size was allocated",
     "build_info": "the build number: a server (re)starts",
     "context_failed": "a llama_context could not be created (whose: from the path or the sequence)",
