@@ -21,6 +21,7 @@ FIELD_TYPES: dict[str, type] = {
     "cells": int,
     "seqs": int,
     "rs_seq": int,
+    "kv_unified": str,
     "tokens": int,
     "build": int,
     # The first llama.cpp build that prints a wording: a pattern ``set``s it to date a log whose build line is
