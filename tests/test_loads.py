@@ -447,3 +447,27 @@ def test_fewer_private_slots_free_their_kv_and_their_rs() -> None:
     assert row["kv_per_1k_mib"] == pytest.approx(2048 / 32.768, abs=0.001)
     (fit,) = fleet.budget([rec], ["granite-h"], {"CUDA0": 20000.0})
     assert fit.changes[0]["kind"] == "parallel" and fit.changes[0]["frees_mib"] == 1324.0
+
+
+def test_models_and_budget_show_rs_apart(cat: cat_mod.Catalogue) -> None:
+    """`models` prints the hybrid's RS beside its KV and per slot; `budget` makes room with fewer slots' RS."""
+    _, recs = analyse(cat, HYBRID)
+    # The excerpt stops before the server's ready line; the load served a task, so it is stored as stopped.
+    rec = dict(next(iter(recs.values())), ended="stopped")
+    book = LoadBook.open(paths.db_path(os.environ))
+    book.put(rec, time.time())
+    book.conn.commit()
+    book.close()
+    out = cli("models").out
+    assert "    draft  qwen3.8-27b-ud-q4km.gguf: weights 0.00 MiB, KV 32 MiB, compute 1,040 MiB" in out
+    assert "    target ?: weights 14.7 GiB, KV 512 MiB, RS 1,796 MiB, compute 569 MiB" in out
+    assert "    4 slots sharing 8,192 tokens: RS 449 MiB per slot, KV 66 MiB per 1k tokens" in out
+    assert "    --parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots) frees 898 MiB" in out
+    row = next(r for r in json.loads(cli("models", "--json").out) if r["device"] == "Vulkan0")
+    assert row["memory"]["target"]["rs_mib"] == 1795.5 and row["memory"]["draft"]["rs_mib"] == 0.0
+    # 15,009 + 512 + 1,795.5 + 568.53 + 32 + 1,040.12 = 18,957 MiB on the card; 300 MiB short on 18,657.
+    res = cli("budget", model := rec["model"], "--capacity", "Vulkan0=18657", "--capacity", "CPU=65536",
+              "--capacity", "Vulkan_Host=65536")
+    assert res.status == 1, res.out
+    assert f"  make room: {model}: --parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots) frees 898 MiB" \
+        in res.out
