@@ -94,7 +94,7 @@ def test_footprint_splits_roles_and_kinds(cat: cat_mod.Catalogue) -> None:
     a, _ = analyse(cat, ENGINE / "spec-working-verbose.log")
     rows = {(r["device"], r["role"]): r for r in footprint(a.stream.runs[0])}
     assert rows[("CPU", "target")] == {"device": "CPU", "role": "target", "weights_mib": 0.24, "kv_mib": 0.06,
-                                        "compute_mib": 1.64}
+                                        "rs_mib": 0.0, "compute_mib": 1.64}
 
 
 def test_percentile_is_a_real_task_size() -> None:
@@ -274,7 +274,7 @@ def test_models_json_carries_the_measured_footprint() -> None:
     rows = {r["model"]: r for r in json.loads(cli("models", "--json").out)}
     coder = rows["coder"]
     assert coder["device"] == "CPU" and coder["draft"] == "mid-draft-same.gguf" and coder["host"]
-    assert coder["memory"]["target"] == {"weights_mib": 52.91, "kv_mib": 512.0, "compute_mib": 18.02}
+    assert coder["memory"]["target"] == {"weights_mib": 52.91, "kv_mib": 512.0, "rs_mib": 0.0, "compute_mib": 18.02}
     assert coder["memory"]["draft"]["kv_mib"] == 512.0
     assert (coder["parallel"], coder["n_ctx"]) == (8, 4096)
     assert coder["kv_per_slot_mib"] == 128.0 and coder["kv_per_1k_mib"] == 31.25  # 1,024 MiB / 32,768 cells
@@ -392,3 +392,82 @@ def test_a_server_that_shut_down_is_not_resident(cat: cat_mod.Catalogue) -> None
     a, _ = analyse(cat, settings=Settings(capacity={"CPU": 600.0}), history=History(list(earlier.values())),
                    text=kept)
     assert [i.model for i in a.incidents() if i.kind == "memory_overcommit"] == ["mid.gguf+mid-draft-same.gguf"]
+
+
+HYBRID = Path(__file__).parent / "fixtures" / "hybrid" / "hilbertraum-318-qwen-hybrid-vulkan-np4.log"
+
+
+def test_recurrent_state_is_kept_apart_from_kv(cat: cat_mod.Catalogue) -> None:
+    """A hybrid model's RS buffer (HilbertRaum#318) is its own column: KV holds only the attention cache."""
+    _, recs = analyse(cat, HYBRID)
+    (rec,) = recs.values()
+    rows = {(r["device"], r["role"]): r for r in rec["memory"]}
+    target, draft = rows[("Vulkan0", "target")], rows[("Vulkan0", "draft")]
+    assert (target["kv_mib"], target["rs_mib"]) == (512.0, 1795.5)
+    assert (draft["kv_mib"], draft["rs_mib"]) == (32.0, 0.0)
+    # The recurrent size line's 4 cells are sequences: they never replace the KV cache's cells.
+    assert rec["kv_cells"].get("target") != 4
+    total = sum(r["weights_mib"] + r["kv_mib"] + r["rs_mib"] + r["compute_mib"] for r in rec["memory"])
+    # Every model/KV/RS/compute line is counted once (the catalogue has no pattern for output buffers yet).
+    assert total == pytest.approx(buffer_sum(HYBRID) - 2 * 3.79, abs=0.02)
+
+
+def test_hybrid_advice_frees_kv_with_context_and_rs_with_slots(cat: cat_mod.Catalogue) -> None:
+    """HilbertRaum#318's hybrid (4 slots sharing -c 8,192): -c frees only KV, --parallel only each slot's RS."""
+    from watcher import fleet
+
+    _, recs = analyse(cat, HYBRID)
+    # The excerpt stops before the server's ready line, so the record says 'loading'; it served a task.
+    rec = dict(next(iter(recs.values())), ended="stopped", started_at=0.0, updated_at=0.0)
+    (row,) = [r for r in fleet.model_rows([rec]) if r["device"] == "Vulkan0"]
+    assert row["memory"]["target"]["rs_mib"] == 1795.5 and row["memory"]["target"]["kv_mib"] == 512.0
+    # KV per 1k tokens is the attention cache over the 8,192 shared cells: (512 + 32) / 8.192, no RS in it.
+    assert row["kv_unified"] is True and row["kv_per_1k_mib"] == pytest.approx(544 / 8.192, abs=0.001)
+    assert row["kv_per_slot_mib"] is None and row["rs_per_slot_mib"] == pytest.approx(1795.5 / 4, abs=0.001)
+    advice = {a["kind"]: a for a in row["advice"]}
+    assert advice["context"]["change"] == "context per slot 8,192 -> 4,096 (-c 8,192 -> 4,096)"
+    assert advice["context"]["frees_mib"] == 272.0  # half of 512 + 32, not half of 2,339.5
+    assert advice["parallel"]["change"] == "--parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots)"
+    assert advice["parallel"]["frees_mib"] == pytest.approx(1795.5 / 2, abs=0.05)
+
+
+def test_fewer_private_slots_free_their_kv_and_their_rs() -> None:
+    """Without kv_unified each slot owns its KV and its RS: halving --parallel frees half of both."""
+    from watcher import fleet
+
+    rec = {"key": "h", "host": "box", "model": "granite-h", "ended": "stopped", "n_slots": 4, "n_ctx_slot": 8192,
+           "kv_unified": False, "target": {"file": "granite-4.0-h-small.gguf"}, "draft": None, "task_tokens": [],
+           "started_at": 0.0, "updated_at": 0.0, "devices": {},
+           "memory": [{"device": "CUDA0", "role": "target", "weights_mib": 18000.0, "kv_mib": 2048.0,
+                       "rs_mib": 600.0, "compute_mib": 300.0}]}
+    (row,) = fleet.model_rows([rec])
+    advice = {a["kind"]: a for a in row["advice"]}
+    assert advice["parallel"]["frees_mib"] == 1324.0  # (2,048 KV + 600 RS) / 2
+    assert advice["context"]["frees_mib"] == 1024.0  # KV only: the RS does not grow with -c
+    assert row["kv_per_1k_mib"] == pytest.approx(2048 / 32.768, abs=0.001)
+    (fit,) = fleet.budget([rec], ["granite-h"], {"CUDA0": 20000.0})
+    assert fit.changes[0]["kind"] == "parallel" and fit.changes[0]["frees_mib"] == 1324.0
+
+
+def test_models_and_budget_show_rs_apart(cat: cat_mod.Catalogue) -> None:
+    """`models` prints the hybrid's RS beside its KV and per slot; `budget` makes room with fewer slots' RS."""
+    _, recs = analyse(cat, HYBRID)
+    # The excerpt stops before the server's ready line; the load served a task, so it is stored as stopped.
+    rec = dict(next(iter(recs.values())), ended="stopped")
+    book = LoadBook.open(paths.db_path(os.environ))
+    book.put(rec, time.time())
+    book.conn.commit()
+    book.close()
+    out = cli("models").out
+    assert "    draft  qwen3.8-27b-ud-q4km.gguf: weights 0.00 MiB, KV 32 MiB, compute 1,040 MiB" in out
+    assert "    target ?: weights 14.7 GiB, KV 512 MiB, RS 1,796 MiB, compute 569 MiB" in out
+    assert "    4 slots sharing 8,192 tokens: RS 449 MiB per slot, KV 66 MiB per 1k tokens" in out
+    assert "    --parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots) frees 898 MiB" in out
+    row = next(r for r in json.loads(cli("models", "--json").out) if r["device"] == "Vulkan0")
+    assert row["memory"]["target"]["rs_mib"] == 1795.5 and row["memory"]["draft"]["rs_mib"] == 0.0
+    # 15,009 + 512 + 1,795.5 + 568.53 + 32 + 1,040.12 = 18,957 MiB on the card; 300 MiB short on 18,657.
+    res = cli("budget", model := rec["model"], "--capacity", "Vulkan0=18657", "--capacity", "CPU=65536",
+              "--capacity", "Vulkan_Host=65536")
+    assert res.status == 1, res.out
+    assert f"  make room: {model}: --parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots) frees 898 MiB" \
+        in res.out

@@ -20,6 +20,8 @@ FIELD_TYPES: dict[str, type] = {
     "bytes": int,
     "cells": int,
     "seqs": int,
+    "rs_seq": int,
+    "kv_unified": str,
     "tokens": int,
     "build": int,
     # The first llama.cpp build that prints a wording: a pattern ``set``s it to date a log whose build line is
@@ -97,6 +99,7 @@ EVENTS: dict[str, str] = {
     "host_record": "a host's record header (LM Studio): advice then names the host's settings",
     "host_draft_ignored": "a host says a request's draft setting is ignored: no draft is loaded",
     "kv_size": "the KV cache's size in cells",
+    "rs_size": "the recurrent state's size: its cells are sequences (slots), not tokens",
     "launch_args": "a command line or option dump (the draft path, the speculative type)",
     "listen_port": "the server listens on this port (llama-swap demux)",
     "load_exit": "the server exits because loading failed",

@@ -3,7 +3,9 @@ together, and which draft pays for its memory (``specwatch models``, ``budget``,
 
 Every figure comes from load records (watcher.loads): llama.cpp's own buffer lines, slots, task sizes and
 draft statistics. KV arithmetic follows llama.cpp: the server allocates ``-c`` cells in all (``n_ctx_slot``
-per slot times ``--parallel``) for the target and as many for a draft, so KV is linear in both.
+per slot times ``--parallel``, or ``-c`` shared by every slot with ``kv_unified``) for the target and as many
+for a draft, so KV is linear in the cells. The recurrent state of Mamba/RWKV and of hybrid models' recurrent
+layers (``rs_mib``) is sized per sequence: linear in ``--parallel``, untouched by ``-c``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.loads import capacities, device_totals, measured, memory_pool, percentile, role_sum
+from watcher.loads import MEMORY_COLS, capacities, device_totals, measured, memory_pool, percentile, role_sum
 
 #: A draft whose weights are at least this share of its target's is "nearly the target's size": it
 #: cannot pay for itself (llama.cpp PR #26968 loaded the target as its own draft).
 NEAR_TARGET = 0.5
-_COLS = ("weights_mib", "kv_mib", "compute_mib")
+_COLS = MEMORY_COLS
 #: A draft suggested in place of another must accept at least this much (low_acceptance's default threshold).
 MIN_USEFUL_ACCEPTANCE = 0.30
 
@@ -50,41 +52,63 @@ class ModelView:
         v = self.last.get("n_ctx_slot")
         return int(v) if v else None
 
+    @property
+    def unified(self) -> bool:
+        """One KV cache of -c cells shared by every slot (``kv_unified``): fewer slots free no KV."""
+        return bool(self.last.get("kv_unified"))
+
     def kv(self, device: str | None = None, pooled: bool = False) -> float:
         """KV MiB of target and draft (on one device, or all; ``pooled``: every device of that memory pool)."""
-        return float(sum(r["kv_mib"] for r in self.last.get("memory") or []
+        return self._sum("kv_mib", device, pooled)
+
+    def rs(self, device: str | None = None, pooled: bool = False) -> float:
+        """Recurrent-state MiB of target and draft: per sequence (slot), not per token of context."""
+        return self._sum("rs_mib", device, pooled)
+
+    def _sum(self, col: str, device: str | None, pooled: bool) -> float:
+        return float(sum(r.get(col, 0.0) for r in self.last.get("memory") or []
                          if device is None or (memory_pool(r["device"]) if pooled else r["device"]) == device))
 
     def cells(self) -> int | None:
-        """Context cells allocated in all: n_ctx per slot x slots (what -c sets)."""
-        return self.n_ctx * self.parallel if self.n_ctx else None
+        """Context cells allocated in all (what -c sets): n_ctx per slot x slots, or n_ctx when shared."""
+        if not self.n_ctx:
+            return None
+        return self.n_ctx if self.unified else self.n_ctx * self.parallel
 
     def p99(self) -> int | None:
         return percentile(self.tasks, 99)
 
     def levers(self, device: str | None = None, pooled: bool = False) -> list[dict[str, Any]]:
-        """Changes that free KV memory, computed from the measured KV (exact: KV is linear in cells)."""
-        kv, n, ctx = self.kv(device, pooled), self.parallel, self.n_ctx
+        """Changes that free KV and recurrent-state memory, computed from the measured buffers (exact: KV is linear
+        in cells, RS in slots). A shorter context frees only KV; fewer slots free RS, and KV unless it is shared."""
+        kv, rs, n, ctx = self.kv(device, pooled), self.rs(device, pooled), self.parallel, self.n_ctx
+        total = self.cells()
         out: list[dict[str, Any]] = []
-        if not kv:
+        if not kv and not rs:
             return out
         p99 = self.p99()
-        if ctx and p99:
+        if kv and ctx and total and p99:
             fit = 1 << max((p99 - 1).bit_length(), 8)  # smallest power of two holding the p99 task, >= 256
             if fit < ctx:
-                out.append({"change": f"context per slot {ctx:,} -> {fit:,} (-c {ctx * n:,} -> {fit * n:,})",
+                out.append({"change": f"context per slot {ctx:,} -> {fit:,} (-c {total:,} -> {total * fit // ctx:,})",
                             "why": f"your p99 task is {p99:,} tokens",
                             "frees_mib": round(kv * (1 - fit / ctx), 1), "kind": "p99_context", "model": self.model})
         if n > 1:
             fewer = n // 2
-            keep = f" (-c {ctx * n:,} -> {ctx * fewer:,}, {ctx:,} per slot)" if ctx else ""
-            out.append({"change": f"--parallel {n} -> {fewer}{keep}", "frees_mib": round(kv * (1 - fewer / n), 1),
-                        "kind": "parallel", "model": self.model})
+            if self.unified:  # the slots share -c cells: the KV stays, each slot's recurrent state goes
+                keep = f" (-c {ctx:,} unchanged, shared by the slots)" if ctx else ""
+                freed = rs * (1 - fewer / n)
+            else:
+                keep = f" (-c {ctx * n:,} -> {ctx * fewer:,}, {ctx:,} per slot)" if ctx else ""
+                freed = (kv + rs) * (1 - fewer / n)
+            if freed:
+                out.append({"change": f"--parallel {n} -> {fewer}{keep}", "frees_mib": round(freed, 1),
+                            "kind": "parallel", "model": self.model})
         # Halving the context is offered only where it still holds the p99 task (or no task was seen):
         # a context below it refuses requests the server really gets.
-        if ctx and ctx >= 1024 and (p99 is None or ctx // 2 >= p99) and not any(
+        if kv and ctx and total and ctx >= 1024 and (p99 is None or ctx // 2 >= p99) and not any(
                 o["kind"] == "p99_context" and f"-> {ctx // 2:,} (" in o["change"] for o in out):
-            out.append({"change": f"context per slot {ctx:,} -> {ctx // 2:,} (-c {ctx * n:,} -> {ctx * n // 2:,})",
+            out.append({"change": f"context per slot {ctx:,} -> {ctx // 2:,} (-c {total:,} -> {total // 2:,})",
                         "frees_mib": round(kv / 2, 1), "kind": "context", "model": self.model})
         return out
 
@@ -93,10 +117,10 @@ class ModelView:
         out = []
         per_dev: dict[str, dict[str, dict[str, float]]] = {}
         for r in self.last.get("memory") or []:
-            per_dev.setdefault(r["device"], {})[r["role"]] = {c: r[c] for c in _COLS}
+            per_dev.setdefault(r["device"], {})[r["role"]] = {c: r.get(c, 0.0) for c in _COLS}
         cells = self.cells()
         for dev, roles in per_dev.items():
-            kv = self.kv(dev)
+            kv, rs = self.kv(dev), self.rs(dev)
             target = roles.get("target")
             draft = roles.get("draft")
             total = sum(sum(v.values()) for v in roles.values())
@@ -110,8 +134,11 @@ class ModelView:
                 "total_mib": round(total, 2),
                 "device_total_mib": info.get("total_mib"), "device_free_mib": info.get("free_mib"),
                 "n_ctx": self.n_ctx, "parallel": self.parallel,
-                "kv_per_slot_mib": round(kv / self.parallel, 3) if kv else None,
+                # Shared KV (kv_unified) is no slot's own: only the recurrent state is per slot then.
+                "kv_per_slot_mib": round(kv / self.parallel, 3) if kv and not self.unified else None,
+                "rs_per_slot_mib": round(rs / self.parallel, 3) if rs else None,
                 "kv_per_1k_mib": round(kv / cells * 1000, 3) if kv and cells else None,
+                "kv_unified": self.unified,
                 "loads": self.loads, "tasks": len(self.tasks),
                 "task_tokens_max": max(self.tasks) if self.tasks else None,
                 "task_tokens_p99": self.p99(),
@@ -178,7 +205,8 @@ def draft_rows(records: Iterable[Mapping[str, Any]], host: str | None = None) ->
             if w:
                 weights[target] = w
             if draft:
-                d = role_sum(rec, "draft", "weights_mib") + role_sum(rec, "draft", "kv_mib")
+                d = (role_sum(rec, "draft", "weights_mib") + role_sum(rec, "draft", "kv_mib")
+                     + role_sum(rec, "draft", "rs_mib"))
                 p["draft_mib"] = round(d, 2) if d else p["draft_mib"]
                 p["draft_weights_mib"] = round(role_sum(rec, "draft", "weights_mib"), 2)
         if draft and (rec.get("draft") or {}).get("file_mib"):
@@ -314,7 +342,7 @@ def _smaller_drafts(chosen: list[ModelView], drafts: list[dict[str, Any]], devic
         cur = (v.last.get("draft") or {}).get("file")
         if not cur:
             continue
-        now = sum(r["weights_mib"] + r["kv_mib"] for r in v.last.get("memory") or []
+        now = sum(r["weights_mib"] + r["kv_mib"] + r.get("rs_mib", 0.0) for r in v.last.get("memory") or []
                   if r["role"] == "draft" and memory_pool(r["device"]) == device)
         for d in drafts:
             # Only a draft that really drafted: one that accepts (almost) nothing frees memory by being useless.

@@ -84,12 +84,12 @@ class Ledger:
         return list(seen)
 
     def table(self) -> list[dict[str, Any]]:
-        """Rows per device: free at load, target and draft use by kind, and what failed."""
+        """Rows per device: free at load, target and draft use by kind (``rs``: recurrent state), what failed."""
         rows = []
         for dev in self.devices():
             row: dict[str, Any] = {"device": dev, "free_mib": self.free.get(dev)}
             for role in ("target", "draft"):
-                for kind in ("model", "kv", "compute"):
+                for kind in ("model", "kv", "rs", "compute"):
                     v = self.total(role, kind, dev)
                     row[f"{role}_{kind}_mib"] = round(v, 2) if v else None
             failed = [f for f in self.failures if f.device == dev]

@@ -2,7 +2,7 @@
 
 One *load record* per server run (``watcher.state.Run``): host, source, llama-swap model, build, target and
 draft (path, file, architecture, size), slots and their context, the memory ledger per device and role
-(weights, KV, compute), the device memory the log reported, how it ended, the acceptance totals, the
+(weights, KV, recurrent state, compute), the device memory the log reported, how it ended, the acceptance totals, the
 generation speed and the token counts of finished tasks.
 
 The analysis thread only *builds* records (a ``LoadTracker`` beside the state machine, fed every applied
@@ -61,8 +61,11 @@ _RUNS_KEPT = 256
 HISTORY_LOADS = 2000
 
 ROLES = ("target", "draft")
-#: Ledger kinds -> the three figures a person budgets with: weights, KV (and recurrent state), compute.
-_ROLE_KIND = {"model": "weights", "kv": "kv", "rs": "kv", "compute": "compute", "output": "compute"}
+#: Ledger kinds -> the figures a person budgets with: weights, KV, recurrent state, compute. RS stays apart
+#: from KV: it is sized per sequence (slot), not per token of context, so only fewer slots shrink it.
+_ROLE_KIND = {"model": "weights", "kv": "kv", "rs": "rs", "compute": "compute", "output": "compute"}
+#: Memory columns of a record's rows (``rs_mib`` was added later: older records lack it and read as 0).
+MEMORY_COLS = ("weights_mib", "kv_mib", "rs_mib", "compute_mib")
 
 
 @dataclass
@@ -133,18 +136,20 @@ class _Extra:
     final: bool = False
     prompt_cache_mib: float | None = None
     prompt_cache_limit_mib: float | None = None
+    #: The server shares one KV cache of -c cells among its slots (``kv_unified = 'true'``).
+    kv_unified: bool | None = None
 
 
 def footprint(run: Run) -> list[dict[str, Any]]:
-    """The run's ledger as rows per (device, role): weights, KV and compute MiB."""
+    """The run's ledger as rows per (device, role): weights, KV, recurrent state and compute MiB."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for a in run.ledger.allocations:
         col = _ROLE_KIND.get(a.kind, "compute")
-        row = rows.setdefault((a.device, a.role), {"device": a.device, "role": a.role, "weights_mib": 0.0,
-                                                   "kv_mib": 0.0, "compute_mib": 0.0})
+        row = rows.setdefault((a.device, a.role), {"device": a.device, "role": a.role,
+                                                   **dict.fromkeys(MEMORY_COLS, 0.0)})
         row[f"{col}_mib"] += a.mib
     for row in rows.values():
-        for k in ("weights_mib", "kv_mib", "compute_mib"):
+        for k in MEMORY_COLS:
             row[k] = round(row[k], 2)
     return list(rows.values())
 
@@ -179,6 +184,7 @@ def record_of(run: Run, extra: _Extra, host: str) -> dict[str, Any]:
         "n_slots": run.n_slots or (len(run.slots) or None),
         "n_ctx_slot": run.n_ctx_slot or (n_ctx[-1] if n_ctx else None),
         "kv_cells": dict(run.ledger.kv_cells),
+        "kv_unified": extra.kv_unified,
         "memory": footprint(run),
         "devices": devices,
         "failures": [{"role": f.role, "device": f.device, "mib": f.mib, "what": f.what} for f in run.ledger.failures],
@@ -287,14 +293,14 @@ def device_totals(rec: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in rec.get("memory") or []:
         pool = memory_pool(row["device"])
-        out[pool] = out.get(pool, 0.0) + row["weights_mib"] + row["kv_mib"] + row["compute_mib"]
+        out[pool] = out.get(pool, 0.0) + sum(row.get(c, 0.0) for c in MEMORY_COLS)
     return out
 
 
 def role_sum(rec: Mapping[str, Any], role: str, col: str | None = None) -> float:
-    """MiB of one role (one column, or all three) over every device."""
-    cols = (col,) if col else ("weights_mib", "kv_mib", "compute_mib")
-    return float(sum(row[c] for row in rec.get("memory") or [] if row["role"] == role for c in cols))
+    """MiB of one role (one column, or all of them) over every device."""
+    cols = (col,) if col else MEMORY_COLS
+    return float(sum(row.get(c, 0.0) for row in rec.get("memory") or [] if row["role"] == role for c in cols))
 
 
 def percentile(values: list[int], q: float) -> int | None:
@@ -469,6 +475,10 @@ class LoadTracker:
     def _on_device_memory(self, run: Run, x: _Extra, ev: Event) -> None:
         if ev.get("device") and ev.get("total_mib"):
             x.total_mib[str(ev.get("device"))] = ev.get("total_mib")
+
+    def _on_slots_init(self, run: Run, x: _Extra, ev: Event) -> None:
+        if ev.get("kv_unified") is not None:
+            x.kv_unified = ev.get("kv_unified") == "true"
 
     def _on_prompt_cache(self, run: Run, x: _Extra, ev: Event) -> None:
         if ev.get("mib") is not None:
@@ -708,5 +718,6 @@ def _gib(mib: float) -> str:
     return f"{mib / 1024:,.1f} GiB" if mib >= 10240 else f"{mib:,.0f} MiB"
 
 
-__all__ = ["Evidence", "History", "LoadBook", "LoadTracker", "Settings", "capacities", "device_totals",
-           "footprint", "measured", "memory_pool", "model_key", "parse_capacity", "percentile", "record_of", "role_sum"]
+__all__ = ["MEMORY_COLS", "Evidence", "History", "LoadBook", "LoadTracker", "Settings", "capacities",
+           "device_totals", "footprint", "measured", "memory_pool", "model_key", "parse_capacity", "percentile",
+           "record_of", "role_sum"]

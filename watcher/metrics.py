@@ -238,7 +238,7 @@ class Metrics:
 
         memory = GaugeMetricFamily("specwatch_model_memory_mib",
                                    "MiB the server's latest load allocated (llama.cpp's buffer lines), by device, "
-                                   "role (target, draft) and kind (weights, kv, compute)",
+                                   "role (target, draft) and kind (weights, kv, rs: recurrent state, compute)",
                                    labels=["source", "server", "device", "role", "kind"])
         pair = GaugeMetricFamily("specwatch_pair_acceptance_ratio",
                                  "Accepted / drafted tokens of a (target, draft) pair over every load of the source",
@@ -246,7 +246,7 @@ class Metrics:
         for label, analyzer in sorted(analyzers.items()):
             for server, run in _latest_runs(analyzer).items():
                 for row in footprint(run):
-                    for kind in ("weights", "kv", "compute"):
+                    for kind in ("weights", "kv", "rs", "compute"):
                         memory.add_metric([label, server, device_label(row["device"]), row["role"], kind],
                                           row[f"{kind}_mib"])
             for (server, draft), (d, a) in sorted(_pairs(analyzer).items()):

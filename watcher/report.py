@@ -210,12 +210,17 @@ def _run_lines(run: Run, p: Painter) -> list[str]:
         lines.append(f"    tasks:  {run.tasks_done}{rate}")
     if not run.ledger.empty():
         lines.append("    memory (MiB):")
-        lines.append("      device       free   target w/kv/compute      draft w/kv/compute   failed")
-        for row in run.ledger.table():
+        table = run.ledger.table()
+        # Recurrent state (Mamba/RWKV, hybrid models) gets its own column only where a load has one.
+        kinds = ("model", "kv", "rs", "compute") if any(r["target_rs_mib"] or r["draft_rs_mib"] for r in table) \
+            else ("model", "kv", "compute")
+        cols = "w/kv/rs/compute" if "rs" in kinds else "w/kv/compute"
+        lines.append(f"      device       free   target {cols}      draft {cols}   failed")
+        for row in table:
             def f(v: Any) -> str:
                 return "-" if v is None else f"{v:.0f}"
-            t = "/".join(f(row[f"target_{k}_mib"]) for k in ("model", "kv", "compute"))
-            d = "/".join(f(row[f"draft_{k}_mib"]) for k in ("model", "kv", "compute"))
+            t = "/".join(f(row[f"target_{k}_mib"]) for k in kinds)
+            d = "/".join(f(row[f"draft_{k}_mib"]) for k in kinds)
             failed = f"{f(row['failed_mib'])} ({row['failed_role']})" if row["failed_mib"] else "-"
             lines.append(f"      {row['device']:<10} {f(row['free_mib']):>6}   {t:>20}   {d:>20}   {failed}")
     return lines

@@ -22,12 +22,13 @@ from ._common import UsageError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``models`` and ``drafts``."""
-    p = sub.add_parser("models", help="each model's measured memory (weights/KV/compute, target and draft) and "
+    p = sub.add_parser("models", help="each model's measured memory (weights/KV/RS/compute, target and draft) and "
                                       "what would free some",
                        description="Per host and device, every model seen in a recorded load: its measured "
-                                   "footprint split into weights, KV and compute for the target and its draft, the "
-                                   "KV cost per slot and per 1k tokens of context, the largest and p99 task, and "
-                                   "the changes that would free memory, computed from those numbers.")
+                                   "footprint split into weights, KV, recurrent state (RS) and compute for the target "
+                                   "and its draft, the KV and RS cost per slot, the KV cost per 1k tokens of "
+                                   "context, the largest and p99 task, and the changes that would free memory, "
+                                   "computed from those numbers.")
     _common(p)
     p.set_defaults(handler=run_models)
     d = sub.add_parser("drafts", help="draft scorecard: every draft seen with each target, its acceptance and memory",
@@ -77,15 +78,23 @@ def run_models(args: argparse.Namespace, env: Environment) -> ExitStatus:
         for role in ("target", "draft"):
             m = r["memory"][role]
             if m:
+                rs = f", RS {fleet.fmt(m['rs_mib'])}" if m.get("rs_mib") else ""
                 out.write(f"    {role:6} {r[role] or '?'}: weights {fleet.fmt(m['weights_mib'])}, KV "
-                          f"{fleet.fmt(m['kv_mib'])}, compute {fleet.fmt(m['compute_mib'])}\n")
+                          f"{fleet.fmt(m['kv_mib'])}{rs}, compute {fleet.fmt(m['compute_mib'])}\n")
         slots = f"{r['parallel']} slot{'s' if r['parallel'] != 1 else ''}"
         ctx = f" x {r['n_ctx']:,} tokens" if r["n_ctx"] else ""
-        kv = ""
+        if r.get("kv_unified") and r["n_ctx"]:
+            ctx = f" sharing {r['n_ctx']:,} tokens"
+        # KV per 1k tokens is the attention cache alone: recurrent state does not grow with the context.
+        per = []
         if r["kv_per_slot_mib"]:
-            kv = f": KV {fleet.fmt(r['kv_per_slot_mib'])} per slot"
-            kv += f", {fleet.fmt(r['kv_per_1k_mib'])} per 1k tokens" if r["kv_per_1k_mib"] else ""
-        out.write(f"    {slots}{ctx}{kv}\n")
+            per.append(f"KV {fleet.fmt(r['kv_per_slot_mib'])} per slot")
+        if r.get("rs_per_slot_mib"):
+            per.append(f"RS {fleet.fmt(r['rs_per_slot_mib'])} per slot")
+        if r["kv_per_1k_mib"] and per:
+            what = "KV " if r.get("rs_per_slot_mib") else ""
+            per.append(f"{what}{fleet.fmt(r['kv_per_1k_mib'])} per 1k tokens")
+        out.write(f"    {slots}{ctx}{': ' + ', '.join(per) if per else ''}\n")
         if r["tasks"]:
             out.write(f"    {r['tasks']:,} tasks in {r['loads']} load{'s' if r['loads'] != 1 else ''}: largest "
                       f"{r['task_tokens_max']:,} tokens, p99 {r['task_tokens_p99']:,}\n")
