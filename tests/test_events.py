@@ -34,10 +34,11 @@ def test_no_handler_waits_for_an_event_that_does_not_exist() -> None:
 
 def test_the_ignored_events_are_consumed_elsewhere() -> None:
     """Events that bypass per-run state are llama-swap's own (the demux takes each), stream-wide ones, lines
-    claimed only so that a broader pattern does not misread them (a projector's metadata is no model's), or the
+    claimed only so that a broader pattern does not misread them (a projector's metadata is no model's, a recurrent
+    state's size is no KV cache's), or the
     memory ledger's (its LoadTracker handles each), each with its reason."""
     assert set(SWAP_EVENTS) <= set(IGNORED)
-    ledger_only = set(IGNORED) - set(SWAP_EVENTS) - {"host_record", "projector_meta"}
+    ledger_only = set(IGNORED) - set(SWAP_EVENTS) - {"host_record", "projector_meta", "rs_size"}
     assert all(callable(getattr(LoadTracker, f"_on_{e}", None)) for e in ledger_only), ledger_only
     assert all(IGNORED.values())
 

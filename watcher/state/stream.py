@@ -163,6 +163,8 @@ IGNORED: dict[str, str] = {
     "host_record": "Stream.apply takes it for the whole stream (which host wrote the log), not for one run",
     "projector_meta": "a vision/audio projector belongs to the target: claimed so that model_meta never takes "
                       "it for a second model (a draft)",
+    "rs_size": "a recurrent state's size line: claimed so that kv_size never takes its cells (sequences) for the "
+               "KV cache's tokens; its buffer is in the ledger as rs_buffer",
     **dict.fromkeys(("model_arch", "model_file_size", "device_memory", "task_release", "prompt_cache",
                      "server_exiting"),
                     "the memory ledger's LoadTracker (watcher/loads.py) reads it; incident rules do not use it"),
