@@ -97,6 +97,37 @@ def test_the_bounds_themselves_are_accepted(tmp_path) -> None:
             assert c.get(table, key) == kind(v)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "2592001", "1e308"])
+@pytest.mark.parametrize("command", [[], ["scan", "x.log"], ["watch", "x.log"], ["run", "--", "true"]])
+def test_repeat_flag_takes_only_the_config_files_range(value: str, command: list[str]) -> None:
+    """`--repeat` NaN, infinite, negative or beyond 30 days is a usage error naming the flag, in every command."""
+    from watcher.cli import build_parser
+    from watcher.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        build_parser().parse_args([f"--repeat={value}", *command])
+    assert str(e.value) == (f"argument --repeat: must be between 0 and 2592000 (the range of [notify] repeat in "
+                            f"the config file), not {value}")
+
+
+def test_repeat_flag_nan_exits_2() -> None:
+    """`specwatch --repeat nan` says why on stderr and exits 2; so does a value that is not a number."""
+    from tests.conftest import cli
+
+    r = cli("--repeat", "nan", stdin=b"x\n")
+    assert (r.status, r.stderr) == (2, "specwatch: argument --repeat: must be between 0 and 2592000 (the range of "
+                                       "[notify] repeat in the config file), not nan\n")
+    assert cli("--repeat", "soon", stdin=b"x\n").stderr == "specwatch: argument --repeat: not a number: 'soon'\n"
+
+
+def test_repeat_flag_takes_the_ends_of_the_range() -> None:
+    """`--repeat 0` (never) and `--repeat 2592000` (30 days, the file's maximum) are accepted."""
+    from watcher.cli import build_parser
+
+    assert build_parser().parse_args(["--repeat", "0"]).repeat == 0
+    assert build_parser().parse_args(["watch", "x.log", "--repeat", "2592000"]).repeat == 2592000
+
+
 def test_backoff_max_below_backoff_is_an_error(tmp_path) -> None:
     """The longest wait between retries cannot be shorter than the first one."""
     with pytest.raises(config.ConfigError) as e:

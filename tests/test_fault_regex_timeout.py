@@ -115,3 +115,33 @@ def test_a_timeout_without_cpu_spent_does_not_count_against_the_pattern(tmp_path
     for n in range(1, 21):
         assert classifier.classify(Record(LINE, n, "server.log")) is None
     assert catalogue.slow.disabled == set() and said == []
+
+
+class _StarvedOnce:
+    """The real regex, except that its first search times out without running (its thread was not scheduled)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.searches = 0
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        self.searches += 1
+        if self.searches == 1:
+            raise TimeoutError("regex timed out")
+        return self.inner.search(*args, **kwargs)
+
+
+def test_a_line_whose_match_was_starved_is_still_recognised() -> None:
+    """A failure line whose regex ran out of wall-clock time while its thread did not run is matched again, not
+    lost (seen under load: 8 of 20,000 lines lost with four busy threads beside the analysis)."""
+    loaded = cat.load()
+    line = "srv    load_model: failed to load draft model, '/m/d1.gguf'"
+    classifier = Classifier(loaded)
+    [target] = [p for p in classifier.candidates(line) if p.match(line) is not None]
+    starved = _StarvedOnce(target.regex)
+    patterns = tuple(dataclasses.replace(p, regex=starved) if p.id == target.id else p for p in loaded.patterns)
+    said: list[str] = []
+    catalogue = cat.Catalogue(patterns, loaded.files, SlowPatterns(said.append))
+    ev = Classifier(catalogue).classify(Record(line, 1, "server.log"))
+    assert ev is not None and ev.type == "draft_load_failed" and ev.get("model") == "/m/d1.gguf"
+    assert starved.searches == 2 and said == [] and catalogue.slow.disabled == set()

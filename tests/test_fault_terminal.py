@@ -1,6 +1,7 @@
 """Fault: stderr is a terminal paused with Ctrl-S (a pty whose output is suspended, so every write to it
 blocks). The server's output must keep flowing, and incidents must still reach the store and the targets:
-only the banners wait (or are dropped, with a count) for the terminal."""
+only the banners wait (or are dropped, with a count) for the terminal. Pipe mode, ``watch`` and ``run``
+alike: every command that reads logs writes its stderr through the same writer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import io
 import os
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -19,6 +21,7 @@ import pytest
 
 from tests.conftest import ROOT, SEED, cli, wait_for
 from tests.notify.conftest import Receiver
+from tests.sources.helpers_tail import failure
 from watcher.sinks import TerminalWriter
 
 #: Filler after the seed log: far more than the analysis backlog (8 MiB) and a pty's buffer.
@@ -87,6 +90,116 @@ def test_a_paused_terminal_stops_neither_the_output_nor_the_recording(paused_pty
             proc.kill()
             proc.wait()
         receiver.down()
+
+
+def _specwatch(*argv: str, stderr: int, tmp_path: Path, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """specwatch as a process with no settling (a banner is due at once), its state in the test's state dir."""
+    conf = tmp_path / "config.toml"
+    conf.write_text("[analysis]\nsettle = 0\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "watcher", *argv, "--config", str(conf)], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=stderr, env=env)
+
+
+def test_watch_records_a_failure_while_its_terminal_is_paused(paused_pty: int, tmp_path: Path) -> None:
+    """``watch`` with stderr paused: a failure written to a followed file reaches ``history``; SIGTERM ends it."""
+    log = tmp_path / "server.log"
+    # --from-start: the file is read from its start whether it appears before or after watch looks.
+    proc = _specwatch("watch", "--from-start", str(log), stderr=paused_pty, tmp_path=tmp_path)
+    try:
+        log.write_bytes(failure(1))
+        wait_for(lambda: "d1.gguf" in cli("history").out, "the failure in the store", limit=30)
+        proc.send_signal(signal.SIGTERM)
+        # The exit waits a bounded time for the terminal, never forever.
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_run_keeps_the_server_output_flowing_and_records_while_its_terminal_is_paused(
+        paused_pty: int, tmp_path: Path) -> None:
+    """``run`` with stderr paused: the server's 40 MB of stdout all come through, its failure is stored, and
+    specwatch exits with the server's status."""
+    child = ("import sys; out = sys.stdout.buffer; out.write(open(sys.argv[1], 'rb').read()); "
+             "line = b'srv  log_server_r: request: POST /completion 127.0.0.1 200 ' + b'.' * 964 + b'\\n'; "
+             f"[out.write(line * 1024) for _ in range({CHATTER_MB})]; out.flush(); sys.exit(7)")
+    proc = _specwatch("run", "--", sys.executable, "-c", child, str(SEED), stderr=paused_pty, tmp_path=tmp_path)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    received = 0
+
+    def drain() -> None:
+        nonlocal received
+        while chunk := stdout.read1(1 << 20):
+            received += len(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    sent = len(SEED.read_bytes()) + CHATTER_MB * 1024 * 1024
+    try:
+        wait_for(lambda: received == sent, f"all {sent} bytes on stdout (got {received})", limit=30)
+        wait_for(lambda: "out of memory on CUDA1" in cli("history").out, "the incident in the store", limit=30)
+        assert proc.wait(timeout=30) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_events_to_a_paused_stderr_are_dropped_and_counted(tmp_path: Path) -> None:
+    """``--events -`` shares the writer: with stderr paused the input flows and the incident is stored; once the
+    terminal takes output again, the events that did not fit the queue are counted in one line."""
+    master, slave = os.openpty()
+    termios.tcflow(slave, termios.TCOOFF)
+    timing = b"slot print_timing: id  0 | task 17 | prompt eval time =       0.26 ms /     9 tokens\n"
+    data = SEED.read_bytes() + timing * 10_000  # some 2 MB of JSON events: more than the 1 MiB queue
+    proc = _specwatch("--events", "-", stderr=slave, tmp_path=tmp_path, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError):  # specwatch killed after a failed assertion
+            stdin.write(data)
+            stdin.flush()
+
+    threading.Thread(target=feed, daemon=True).start()
+    try:
+        assert proc.stdout.read(len(data)) == data
+        wait_for(lambda: "out of memory on CUDA1" in cli("history").out, "the incident in the store", limit=30)
+        termios.tcflow(slave, termios.TCOON)
+        shown = b""
+
+        def counted() -> bool:
+            nonlocal shown
+            if select.select([master], [], [], 0.1)[0]:
+                shown += os.read(master, 1 << 16)
+            return b" message(s) to stderr dropped: it was not taking output (a paused terminal?)" in shown
+
+        wait_for(counted, "the count of dropped events", limit=30)
+        assert b'"event": "incident"' in shown or b'"event": "event"' in shown
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(slave)
+        os.close(master)
+
+
+@pytest.mark.parametrize(("argv", "through_writer"), [
+    ([], True), (["scan", "x.log"], True), (["watch", "x.log"], True), (["run", "--", "llama-server"], True),
+    (["status"], False), (["history"], False), (["patterns", "list"], False), (["notify", "list"], False),
+    (["probe", "http://127.0.0.1:8080"], False),
+])
+def test_the_commands_that_read_logs_are_the_ones_given_the_writer(argv: list[str], through_writer: bool) -> None:
+    """Pipe mode and every command taking the analysis options run with their stderr behind the writer (a new
+    one gets it with those options); one-shot commands keep a plain stderr, not inherited from pipe mode's."""
+    from watcher.cli import build_parser
+
+    assert bool(getattr(build_parser().parse_args(argv), "reads_logs", False)) is through_writer
 
 
 class TestTerminalWriter:

@@ -19,6 +19,10 @@ from watcher.events import Event, Record
 #: The event of the patterns that name the program writing the log.
 HOST_MARKER = "host_record"
 
+#: Tries of a match whose timeout ran out while its thread hardly ran (starved, not slow), before the line
+#: counts as no match for that pattern.
+STARVED_TRIES = 5
+
 
 class Classifier:
     """Matches records against a compiled catalogue."""
@@ -86,11 +90,15 @@ class Classifier:
         if slow.disabled and p.id in slow.disabled:
             return None
         start = time.thread_time()
-        try:
-            return p.fields(record.text, self.timeout)
-        except TimeoutError:
-            # The timeout is wall-clock time: on a machine busy with the server, this thread may simply not
-            # have run. Only a regex that really spent the time (CPU) counts against its pattern.
-            if time.thread_time() - start >= self.timeout / 2:
-                slow.timed_out(p, self.timeout, f"{record.source}:{record.lineno}")
-            return None
+        for _ in range(STARVED_TRIES):
+            try:
+                return p.fields(record.text, self.timeout)
+            except TimeoutError:
+                # The timeout is wall-clock time, and the regex runs without the GIL: on a machine busy with
+                # the server (or with specwatch's own threads) this thread may simply not have run, and the
+                # line, a failure perhaps, would be lost. Only a regex that really spent the time (CPU)
+                # counts against its pattern; a starved one is tried again.
+                if time.thread_time() - start >= self.timeout / 2:
+                    slow.timed_out(p, self.timeout, f"{record.source}:{record.lineno}")
+                    return None
+        return None

@@ -11,7 +11,7 @@ from typing import Any
 from watcher import __version__, db
 from watcher.commands import budget, models, notify, patterns, pipe, probe, scan, status, watch
 from watcher.commands import run as run_command
-from watcher.commands._common import UsageError, add_analysis_options
+from watcher.commands._common import UsageError, add_analysis_options, terminal
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 
@@ -44,6 +44,10 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
             if given and not any(s in sub._option_string_actions for s in action.option_strings):
                 command = sub.prog.removeprefix("specwatch").strip()
                 raise UsageError(f"{action.option_strings[0]} is not an option of '{command}'")
+        # Whether the command reads logs is the sub-command's own default (set with its analysis options),
+        # not the one pipe mode's parser left.
+        if hasattr(namespace, "reads_logs"):
+            delattr(namespace, "reads_logs")
         if self.dest != argparse.SUPPRESS:
             setattr(namespace, self.dest, name)
         _, extras = sub.parse_known_args(rest, namespace)
@@ -84,15 +88,19 @@ def run(argv: Sequence[str], env: Environment) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(list(argv))
-        handler = getattr(args, "handler", None)
-        if handler is None:
-            if env.stdin_isatty:
-                parser.print_usage(env.stderr)
-                env.stderr.write("specwatch: pipe a server's output into me, or give a command (see --help)\n")
-                return ExitStatus.USAGE
-            return pipe.run(args, env)
-        # Not ExitStatus(...): ``run`` passes the supervised child's own status through, whatever it is.
-        return int(handler(args, env))
+        # Without a sub-command: pipe mode.
+        handler = getattr(args, "handler", None) or pipe.run
+        if handler is pipe.run and env.stdin_isatty:
+            parser.print_usage(env.stderr)
+            env.stderr.write("specwatch: pipe a server's output into me, or give a command (see --help)\n")
+            return ExitStatus.USAGE
+        if not getattr(args, "reads_logs", False):
+            return int(handler(args, env))
+        # A command that reads logs (it takes the analysis options) runs beside a server: none of its threads
+        # may wait for a paused terminal, so its stderr goes through the writer, whichever command it is.
+        with terminal(env) as own:
+            # Not ExitStatus(...): ``run`` passes the supervised child's own status through, whatever it is.
+            return int(handler(args, own))
     except UsageError as exc:
         env.stderr.write(f"specwatch: {exc}\n")
         return ExitStatus.USAGE

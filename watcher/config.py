@@ -7,10 +7,11 @@ if it exists.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,25 @@ def _check_range(where: str, table: str, key: str, value: Any) -> None:
     lo, hi = bounds
     if not math.isfinite(value) or not lo <= value <= hi:
         raise ConfigError(f"{where}: key {table}.{key} must be between {_num(lo)} and {_num(hi)}, not {value!r}")
+
+
+def flag_value(table: str, key: str) -> Callable[[str], float]:
+    """The argparse ``type`` of a flag that stands for ``table.key`` (``--repeat``: ``notify.repeat``): a
+    number in the key's range, so the flag and the file take the same values; anything else (``nan``,
+    ``inf``, a negative) is a usage error naming the flag."""
+    lo, hi = RANGES[(table, key)]
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {_num(lo)} and {_num(hi)} (the range of [{table}] "
+                                             f"{key} in the config file), not {text}")
+        return value
+
+    return parse
 
 
 def range_text(table: str, key: str) -> str:

@@ -155,6 +155,12 @@ class TerminalWriter(io.TextIOBase):
                 self._fd = None
 
 
+def underlying(stream: TextIO) -> TextIO:
+    """The real stream beneath a :class:`TerminalWriter` (``stream`` itself otherwise), for bytes that must be
+    neither queued nor dropped: a supervised server's own stderr passes through whole, in order, at once."""
+    return stream.stream if isinstance(stream, TerminalWriter) else stream
+
+
 class BannerSink:
     """Prints a banner on stderr when an incident opens, a line when it changes or resolves.
 

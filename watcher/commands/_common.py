@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from watcher import catalogue as cat
 from watcher import config as cfg
@@ -16,15 +18,18 @@ from watcher.environment import Environment
 from watcher.errors import UsageError
 from watcher.incidents import Incident
 from watcher.notify import sink as notify_sink
-from watcher.sinks import BannerSink, EventLogSink
+from watcher.sinks import BannerSink, EventLogSink, TerminalWriter
 from watcher.state import Settings
 
-__all__ = ["EXTENSIONS", "Context", "UsageError", "add_analysis_options", "build_context", "catalogue_for",
-           "incidents_at_exit", "load_catalogue", "load_config", "wire"]
+__all__ = ["EXTENSIONS", "TERMINAL_WAIT", "Context", "UsageError", "add_analysis_options", "build_context",
+           "catalogue_for", "incidents_at_exit", "load_catalogue", "load_config", "terminal", "wire"]
 
 #: The optional parts of every command that reads logs, in the order --help shows their options and the
 #: dispatcher feeds their sinks: the metrics endpoint, the store and notifications, the probe poller.
 EXTENSIONS: tuple[Extension, ...] = (metrics.EXTENSION, notify_sink.EXTENSION, probe.EXTENSION)
+
+#: Seconds the exit waits for stderr to take the last banners and the summary (a paused terminal may never).
+TERMINAL_WAIT = 5.0
 
 
 def add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -40,6 +45,25 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source", metavar="NAME", help="name of this log source in incidents (default: stdin / the file)")
     for ext in EXTENSIONS:
         ext.add_options(p)
+    # The command line layer gives a command that takes these options its stderr through ``terminal``.
+    p.set_defaults(reads_logs=True)
+
+
+@contextlib.contextmanager
+def terminal(env: Environment, wait: float = TERMINAL_WAIT) -> Iterator[Environment]:
+    """``env`` with its stderr behind a :class:`TerminalWriter`, for a command that reads logs.
+
+    Such a command runs beside a server: its banners, notices, retry lines, ``--events -`` and summary are
+    written from the analysis, copy and notification threads, and a terminal paused with Ctrl-S (or a stderr
+    pipe nobody reads) must hold up none of them, nor the store, the targets or the server's output. At the
+    end the writer gets ``wait`` seconds to write what is queued; whatever is left then is dropped.
+    """
+    term = TerminalWriter(env.stderr)
+    try:
+        yield dataclasses.replace(env, stderr=cast(TextIO, term))
+    finally:
+        term.drain(wait)
+        term.close()
 
 
 @dataclass

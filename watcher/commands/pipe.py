@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-from typing import TextIO, cast
 
 from watcher import report
 from watcher.commands._common import Context, build_context, incidents_at_exit, wire
@@ -14,27 +12,17 @@ from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
 from watcher.pipeline import Analyzer
-from watcher.sinks import TerminalWriter
 
 #: Seconds the analysis gets, after the input ended, to finish its backlog.
 CLOSE_WAIT = 30.0
-#: Seconds the exit waits for stderr to take the last banners and the summary (a paused terminal may never).
-TERMINAL_WAIT = 5.0
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    """Copy stdin to stdout; analyse on the side; print a summary of open incidents at EOF."""
-    # Every message of ours (banners, notices, retry lines, the summary) goes through one writer thread,
-    # so a paused terminal holds up neither the copy nor the store and the notifications.
-    term = TerminalWriter(env.stderr)
-    try:
-        return _run(args, dataclasses.replace(env, stderr=cast(TextIO, term)))
-    finally:
-        term.drain(TERMINAL_WAIT)
-        term.close()
+    """Copy stdin to stdout; analyse on the side; print a summary of open incidents at EOF.
 
-
-def _run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    Called with its stderr behind the terminal writer (``_common.terminal``, as every command that reads
+    logs), so a paused terminal holds up neither the copy nor the store and the notifications.
+    """
     def on_break(exc: OSError) -> None:
         env.stderr.write(f"specwatch: stdout failed ({exc.strerror or exc}); discarding output, "
                          "still reading and watching\n")

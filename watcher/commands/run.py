@@ -13,6 +13,7 @@ from watcher.events import Event
 from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
 from watcher.pipe import Passthrough, SideAnalysis
+from watcher.sinks import underlying
 from watcher.sources.child import FAILURE_KINDS, Child, SpecExpectation, forwarding, shell_status, spec_args
 
 
@@ -99,7 +100,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         disp.tick()
 
     side = SideAnalysis(analyzer, tick, env.stderr.write)
-    err_bin: BinaryIO = getattr(env.stderr, "buffer", None) or _Binary(env.stderr)  # type: ignore[assignment]
+    # The server's stderr goes straight to the real stream, as bytes: it is the server's output, never to be
+    # dropped or held behind specwatch's own messages in the terminal writer's queue.
+    real = underlying(env.stderr)
+    err_bin: BinaryIO = getattr(real, "buffer", None) or _Binary(real)  # type: ignore[assignment]
     out, err = Passthrough(env.stdout), Passthrough(err_bin)
     try:
         child = Child(argv, out, err, side.put)

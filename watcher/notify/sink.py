@@ -433,7 +433,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="apprise configuration file with more targets (repeatable)")
     g.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                    help="where the incident store lives (default: $SPECWATCH_STATE_DIR or the user state dir)")
-    g.add_argument("--repeat", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+    g.add_argument("--repeat", type=cfg.flag_value("notify", "repeat"), metavar="SECONDS", default=argparse.SUPPRESS,
                    help=f"repeat open, unacknowledged alerts this often, 0 to never (default {DEFAULT_REPEAT:.0f})")
 
 
