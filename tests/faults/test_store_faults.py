@@ -216,3 +216,40 @@ def test_a_pipe_whose_store_cannot_be_opened_still_shows_banners(broken: Path) -
     assert "SPECWATCH CRITICAL" in res.stderr
     assert res.stderr.count("specwatch: incidents are not recorded or notified: incident store ") == 1
     assert "Traceback" not in res.stderr
+
+
+def test_an_incident_opened_and_resolved_while_the_backlog_is_full_is_still_recorded(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the backlog's bound, a failure that opens and resolves while the database is locked is still
+    stored, opened then resolved (merging keeps a change's opening), and an incident that resolves and
+    fails again meanwhile ends open, not resolved."""
+    monkeypatch.setattr("watcher.notify.sink.BACKLOG", 3)
+    sink, _ = _sink(db)
+    stored = _incident(100)
+    sink.incident(stored, "opened")
+    reader = Store.open(db)
+    wait_for(lambda: reader.get(stored.key) is not None, "the first incident stored")
+    reader.close()
+    lock = sqlite3.connect(str(db), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    for n in range(4):  # fill the backlog past its bound with other incidents
+        sink.incident(_incident(n), "opened")
+    flapping = _incident(200)
+    sink.incident(flapping, "opened")
+    flapping.status = "resolved"
+    sink.incident(flapping, "resolved")
+    stored.status = "resolved"  # the stored incident resolves, then fails again in this process's stream
+    sink.incident(stored, "resolved")
+    stored.status = "open"
+    sink.incident(stored, "updated")
+    wait_for(lambda: sink.refused >= 2 and sink.queue.empty(), "the queue taken in while the lock is held")
+    lock.execute("ROLLBACK")
+    lock.close()
+    sink.close()
+    store = Store.open(db)
+    row = store.get(flapping.key)
+    assert row is not None and row.status == "resolved"
+    assert [what for _at, key, what, _n, _t in reversed(store.history()) if key == flapping.key] == \
+        ["opened", "resolved"]
+    again = store.get(stored.key)
+    assert again is not None and again.status == "open"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -60,8 +61,10 @@ class StoreSink:
     An incident change the database refuses (another process holds the write lock, the disk is full) is
     kept and retried until it is stored, saying so once while it waits and once when it is stored. While
     it waits, a later update of the same incident replaces its snapshot, and past :data:`BACKLOG` waiting
-    changes any later change of an incident already waiting replaces that one, so memory stays bounded
-    (repeats counted in that time are lost; the incident and its last state are not).
+    changes any later change of an incident already waiting replaces that one (but never the change that
+    first records it: an incident that opens and resolves meanwhile is stored opened, then resolved), so
+    memory stays bounded at two waiting changes per incident (repeats counted in that time are lost; the
+    incident, its opening and its last state are not).
     """
 
     def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,  # noqa: PLR0917
@@ -248,13 +251,25 @@ class StoreSink:
                     self.backlog[i] = [inc, change, now, waiting[3] + 1]
                     return True
                 break
-            if i > 0 and ((change == "updated" and waiting[1] != "resolved") or len(self.backlog) >= BACKLOG):
-                # Entry 0 is being written right now: never changed under the writer.
-                self.backlog[i] = [inc, waiting[1] if change == "updated" else change, now, waiting[3] + 1]
+            if i == 0:
+                break  # entry 0 is being written right now: never changed under the writer
+            if change == "updated" and waiting[1] != "resolved":
+                # an opening stays an opening, with the newer snapshot
+                self.backlog[i] = [inc, waiting[1], now, waiting[3] + 1]
+                return True
+            if len(self.backlog) >= BACKLOG and (waiting[1] != "opened" or self._waits_before(i, key)):
+                # Full: the newer change replaces the one waiting, as long as the incident's opening is still
+                # stored before it (an opening replaced by its resolution would leave a resolution of an
+                # incident never recorded). A resolution followed by a reopening is an update of it.
+                self.backlog[i] = [inc, "updated" if change == "updated" else change, now, waiting[3] + 1]
                 return True
             break
         self.backlog.append([inc, change, now, 1])
         return True
+
+    def _waits_before(self, i: int, key: tuple[str, Any]) -> bool:
+        """Whether a change of the same incident (or load) waits before backlog entry ``i``."""
+        return any(_backlog_key(w[0], w[1]) == key for w in itertools.islice(self.backlog, i))
 
     def _take_ready(self) -> None:
         """Move every change already queued into the backlog, without waiting."""
