@@ -103,3 +103,46 @@ def test_notify_list_masks_a_label_stored_by_an_older_specwatch(tmp_path: Path) 
     assert token not in text
     assert f"json://127.0.0.1:9/hook/{MASK}  (1 queued)" in text
     assert f"-> json://127.0.0.1:9/hook/{MASK}, 0 attempts" in text
+
+
+def _queued_with_an_old_label(state: Path, url: str) -> None:
+    """An open incident whose ``opened`` row (never delivered) holds the label an older specwatch stored."""
+    from tests.notify.conftest import incident
+    from watcher.notify.outbox import Outbox
+    from watcher.store import Store
+
+    store = Store.open(state / "specwatch.db")
+    try:
+        inc = incident().as_dict()
+        store.record(inc, "opened", 1.0)
+        assert Outbox(store).enqueue([(parse(url).id, url)], str(inc["id"]), 1, "opened", "critical", 1.0) == 1
+    finally:
+        store.close()
+
+
+def test_notify_flush_masks_a_label_stored_by_an_older_specwatch(tmp_path: Path) -> None:
+    """What stays queued after ``notify flush`` is listed with the stored label's token masked."""
+    token = "Zq81kTokenInThePath7x"
+    url = f"json://127.0.0.1:9/hook/{token}"
+    state = tmp_path / "state"
+    state.mkdir()
+    _queued_with_an_old_label(state, url)
+    env, out, err = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url})
+    assert cli.run(["notify", "flush"], env) == 1  # port 9 refuses: the row stays queued
+    text = out.getvalue().decode() + err.getvalue()
+    assert token not in text
+    assert f"-> json://127.0.0.1:9/hook/{MASK}, 1 attempts" in text
+
+
+def test_a_pipe_leaving_messages_queued_masks_a_label_stored_by_an_older_specwatch(tmp_path: Path) -> None:
+    """The exit's 'still queued' line names the target by its masked label, whatever label the row holds."""
+    token = "Zq81kTokenInThePath7x"
+    url = f"json://127.0.0.1:9/hook/{token}"
+    state = tmp_path / "state"
+    state.mkdir()
+    _queued_with_an_old_label(state, url)
+    env, _, err = make_env({"SPECWATCH_STATE_DIR": str(state), "SPECWATCH_NOTIFY": url, "NO_COLOR": "1"})
+    assert cli.run(["--no-summary"], env) == 0
+    assert "still queued" in err.getvalue()
+    assert token not in err.getvalue()
+    assert f"json://127.0.0.1:9/hook/{MASK}: " in err.getvalue()

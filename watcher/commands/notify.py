@@ -12,6 +12,7 @@ from watcher.notify import sink as notify_sink
 from watcher.notify.contract import Delivery
 from watcher.notify.outbox import Outbox
 from watcher.notify.redact import Redactor
+from watcher.notify.targets import labeller
 from watcher.notify.worker import Worker, send
 
 from ._common import UsageError, load_config
@@ -47,13 +48,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             pending = Outbox(store).pending()
         finally:
             store.close()
-        # Rows queued by an older specwatch may hold a label that masked less (a webhook's path token):
-        # shown as their target's label of today, and redacted whatever they hold.
-        current = {old: t.label for t in targets for old in (t.url, t.url.split("?", 1)[0], t.label)}
-
-        def shown(label: str) -> str:
-            return current.get(label) or redact(label)
-
+        shown = labeller(targets, redact)
         by_label: dict[str, int] = {}
         for row in pending:
             by_label[shown(row[1])] = by_label.get(shown(row[1]), 0) + 1
@@ -99,7 +94,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         stuck = Outbox(store).pending([t.id for t in targets])
     finally:
         store.close()
+    shown = labeller(targets, redact)
     for _rid, label, incident, kind, attempts, _state, _due, error in stuck:
-        env.stdout.write(f"  queued: {kind} {incident[:8]} -> {label}, {attempts} attempts"
+        env.stdout.write(f"  queued: {kind} {incident[:8]} -> {shown(label)}, {attempts} attempts"
                          f"{': ' + redact(error) if error else ''}\n".encode())
     return ExitStatus.INCIDENTS if left else ExitStatus.OK

@@ -351,7 +351,8 @@ class StoreSink:
             return
         if not left:
             return
-        errors = {label: err for _id, label, _inc, _kind, _n, _state, _due, err in left}
+        shown = tg.labeller(self.targets, self.worker.redact)
+        errors = {shown(label): err for _id, label, _inc, _kind, _n, _state, _due, err in left}
         why = "; ".join(f"{label}: {self.worker.redact(err).rstrip('.') or 'not tried yet'}"
                         for label, err in errors.items())
         n = len(left)

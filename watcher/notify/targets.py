@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,3 +85,14 @@ def collect(flags: Iterable[str], environ: Mapping[str, str], conf_urls: Iterabl
             seen.add(t.url)
             unique.append(t)
     return unique
+
+
+def labeller(targets: Sequence[Target], redact: Callable[[str], str]) -> Callable[[str], str]:
+    """How an outbox row's stored label is shown: as its target's label of today, and redacted whatever it
+    holds (a row queued by an older specwatch may hold a label that masked less: a webhook's path token)."""
+    current = {old: t.label for t in targets for old in (t.url, t.url.split("?", 1)[0], t.label)}
+
+    def shown(label: str) -> str:
+        return current.get(label) or redact(label)
+
+    return shown
