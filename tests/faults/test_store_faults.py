@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from watcher.environment import Environment
 from watcher.incidents import Evidence, Incident
 from watcher.notify.outbox import Outbox
 from watcher.notify.sink import StoreSink
+from watcher.notify.targets import Target
 from watcher.notify.worker import Settings
 from watcher.store import Store
 
@@ -253,3 +255,39 @@ def test_an_incident_opened_and_resolved_while_the_backlog_is_full_is_still_reco
         ["opened", "resolved"]
     again = store.get(stored.key)
     assert again is not None and again.status == "open"
+
+
+def test_a_pipe_ending_while_the_store_is_still_locked_at_open_waits_for_it(db: Path) -> None:
+    """A pipe whose recorder could not yet open the outbox (its targets' announcement refused by a lock) does
+    not give up at the end of input: it waits, as for any change, and stores the incident once the lock goes."""
+    earlier = _incident(1)
+    store = Store.open(db)
+    store.record(earlier.as_dict(), "opened", 1.0)  # open: the pipe's start announces it to its target
+    store.close()
+    holder = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    err = io.StringIO()
+    env = Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=err, environ={})
+    target = Target("json://127.0.0.1:9/hook")
+    sink = StoreSink(db, [target], Settings(), env, open_now=False, exit_grace=0.0)  # type: ignore[arg-type]
+    inc = _incident(2)
+    sink.incident(inc, "opened")
+    wait_for(lambda: sink.refused >= 1, "the announcement refused by the lock")
+
+    def release() -> None:
+        # Released once the recorder was refused twice after the end of input (so at least once in an attempt
+        # begun after it), or once it gave up.
+        wait_for(lambda: sink._closing, "the end of input taken in")
+        refused = sink.refused
+        wait_for(lambda: sink.refused >= refused + 2 or not sink.recorder.is_alive(), "two more refusals")
+        holder.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        sink.close()
+    finally:
+        releaser.join()
+        holder.close()
+    assert Store.open(db).get(inc.key) is not None, err.getvalue()
+    assert "not recorded" not in err.getvalue()

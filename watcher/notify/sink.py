@@ -191,7 +191,8 @@ class StoreSink:
                     self.worker.wake()
             except Exception as exc:  # noqa: BLE001 - say so, and keep draining the queue so nothing piles up
                 cause = exc.__cause__ if isinstance(exc, db.StoreError) and exc.__cause__ else exc
-                if not db.transient(cause) or self._closing:
+                # At the end of input too: ``close`` bounds the wait (and says what it could not record).
+                if not db.transient(cause):
                     where = str(exc) if isinstance(exc, db.StoreError) else db.describe(self.db_path, exc)
                     self._log(f"specwatch: incidents are not recorded or notified: incident store {where}")
                     return None
