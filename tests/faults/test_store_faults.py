@@ -291,3 +291,16 @@ def test_a_pipe_ending_while_the_store_is_still_locked_at_open_waits_for_it(db: 
         holder.close()
     assert Store.open(db).get(inc.key) is not None, err.getvalue()
     assert "not recorded" not in err.getvalue()
+
+
+def test_at_exit_a_store_locked_past_the_wait_is_said_with_the_count_of_changes_left(
+        db: Path, lock: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database still locked when the exit's wait runs out: the process says how many changes it could not
+    record, naming the file, instead of waiting for ever."""
+    monkeypatch.setattr("watcher.notify.sink.CLOSE_WAIT", 0.5)
+    sink, err = _sink(db)
+    for n in range(2):
+        sink.incident(_incident(n), "opened")
+    wait_for(lambda: sink.refused >= 1 and sink.queue.empty(), "the changes refused by the lock")
+    sink.close()
+    assert f"2 incident changes could not be recorded: the incident store {db} still refuses writes" in err.getvalue()
