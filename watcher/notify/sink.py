@@ -260,8 +260,8 @@ class StoreSink:
                 return True
             if len(self.backlog) >= BACKLOG and (waiting[1] != "opened" or self._waits_before(i, key)):
                 # Full: the newer change replaces the one waiting, as long as the incident's opening is still
-                # stored before it (an opening replaced by its resolution would leave a resolution of an
-                # incident never recorded). A resolution followed by a reopening is an update of it.
+                # stored before it (its history keeps the opening). A resolution followed by a failure again
+                # is an update of it: kept as "resolved", the open incident was stored resolved.
                 self.backlog[i] = [inc, "updated" if change == "updated" else change, now, waiting[3] + 1]
                 return True
             break
