@@ -169,3 +169,83 @@ def test_settle_nan_is_exit_2_in_scan_and_in_pipe_mode(tmp_path) -> None:
     assert (r.status, r.stderr) == (2, f"specwatch: {conf}:2: key analysis.settle must be between 0 and 60, not nan\n")
     p = cli("--config", str(conf), stdin=b"hello\n")
     assert p.status == 2 and p.stdout == b"hello\n" and "analysis.settle must be between 0 and 60" in p.stderr
+
+
+# Every numeric flag, with the command that takes it: (argv before the flag, the flag, argv after it).
+NUMERIC_FLAGS = [
+    (["run"], "--grace", ["--", "true"]),
+    (["watch", "x.log"], "--interval", []),
+    (["watch", "x.log"], "--ignore-older", []),
+    (["scan", "x.log"], "--probe-interval", []),
+    (["watch", "x.log"], "--probe-interval", []),
+    (["notify", "flush"], "--wait", []),
+    (["history"], "--since", []),
+    (["history"], "--limit", []),
+    (["patterns", "audit", "src"], "--fail-under", []),
+]
+
+
+def _numeric_flags(parser, seen: set[str]) -> set[str]:
+    import argparse
+    from pathlib import Path
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _numeric_flags(sub, seen)
+        elif action.option_strings and action.type not in (None, str, Path):
+            seen.add(action.option_strings[-1])
+    return seen
+
+
+def test_every_numeric_flag_has_a_range_and_readme_shows_it() -> None:
+    """Each option that takes a number (in any command) refuses `nan`, and README's option tables show its range."""
+    import re
+
+    from tests.conftest import ROOT
+    from watcher.cli import build_parser
+
+    flags = _numeric_flags(build_parser(), set())
+    assert flags == set(config.FLAG_RANGES) | {"--repeat"}
+    assert {flag for _, flag, _ in NUMERIC_FLAGS} == set(config.FLAG_RANGES)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for flag in config.FLAG_RANGES:
+        row = re.search(rf"^\| `[a-z ]*{flag} [A-Z]+` \| ([^|]+) \|", readme, re.MULTILINE)
+        assert row is not None and row[1].startswith(config.flag_range_text(flag)), flag
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e308"])
+@pytest.mark.parametrize(("before", "flag", "after"), NUMERIC_FLAGS)
+def test_numeric_flags_refuse_values_outside_their_range(before: list[str], flag: str, after: list[str],
+                                                         value: str) -> None:
+    """`nan`, an infinity, a negative or an absurd value is a usage error naming the flag and its range."""
+    from watcher.cli import build_parser
+    from watcher.errors import UsageError
+
+    lo, hi = config.FLAG_RANGES[flag]
+    with pytest.raises(UsageError) as e:
+        build_parser().parse_args([*before, f"{flag}={value}", *after])
+    whole = flag in config.WHOLE_FLAGS and value in {"nan", "inf", "-inf", "1e308"}
+    want = (f"argument {flag}: not a whole number: {value!r}" if whole
+            else f"argument {flag}: must be between {config._num(lo)} and {config._num(hi)}, not {value}")
+    assert str(e.value).endswith(want)
+
+
+@pytest.mark.parametrize(("before", "flag", "after"), NUMERIC_FLAGS)
+def test_numeric_flags_take_the_ends_of_their_range(before: list[str], flag: str, after: list[str]) -> None:
+    """Both ends of each flag's range are accepted as given."""
+    from watcher.cli import build_parser
+
+    dest = flag.lstrip("-").replace("-", "_")
+    for end in config.FLAG_RANGES[flag]:
+        text = config._num(end)
+        assert getattr(build_parser().parse_args([*before, flag, text, *after]), dest) == float(text)
+
+
+def test_grace_nan_exits_2_and_says_why() -> None:
+    """`specwatch run --grace nan -- true` exits 2 naming the flag, before anything is started."""
+    from tests.conftest import cli
+
+    r = cli("run", "--grace", "nan", "--", "true")
+    assert (r.status, r.stderr) == (2, "specwatch: run: argument --grace: must be between 0 and 3600, not nan\n")
+    assert r.stdout == b""

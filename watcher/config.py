@@ -153,20 +153,54 @@ def _check_range(where: str, table: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: key {table}.{key} must be between {_num(lo)} and {_num(hi)}, not {value!r}")
 
 
+#: The range of every numeric flag that mirrors no config key, inclusive, for the same reason: ``--grace nan``
+#: or ``--interval -1`` is a usage error naming the flag, not a hang or a busy loop. README's option tables show
+#: each (tests/test_config.py checks that every numeric flag has a range and that README shows it).
+FLAG_RANGES: dict[str, tuple[float, float]] = {
+    "--grace": (0, 3600),                   # run: seconds between SIGTERM and SIGKILL
+    "--interval": (0.01, 3600),             # watch: seconds between checks of every file
+    "--ignore-older": (0, 36500),           # watch: days (100 years, as [ledger] keep_days)
+    "--probe-interval": (0.1, 86400),       # seconds between polls of the server (three small GETs each)
+    "--wait": (0, 86400),                   # notify flush: seconds of retrying
+    "--since": (0, 876000),                 # history: hours (100 years)
+    "--limit": (1, 10_000_000),             # history: lines
+    "--fail-under": (0, 100),               # patterns audit: percent
+}
+
+#: The flags of FLAG_RANGES that take only whole numbers.
+WHOLE_FLAGS = frozenset({"--limit"})
+
+
 def flag_value(table: str, key: str) -> Callable[[str], float]:
     """The argparse ``type`` of a flag that stands for ``table.key`` (``--repeat``: ``notify.repeat``): a
     number in the key's range, so the flag and the file take the same values; anything else (``nan``,
     ``inf``, a negative) is a usage error naming the flag."""
     lo, hi = RANGES[(table, key)]
+    return _bounded(lo, hi, f" (the range of [{table}] {key} in the config file)", whole=False)
 
+
+def flag_range(flag: str) -> Callable[[str], float]:
+    """The argparse ``type`` of ``flag``: a number in its FLAG_RANGES range (a usage error naming the flag
+    otherwise)."""
+    lo, hi = FLAG_RANGES[flag]
+    return _bounded(lo, hi, "", whole=flag in WHOLE_FLAGS)
+
+
+def flag_range_text(flag: str) -> str:
+    """A flag's range as README's option tables show it, e.g. ``0-3600``."""
+    lo, hi = FLAG_RANGES[flag]
+    return f"{_num(lo)}-{_num(hi)}"
+
+
+def _bounded(lo: float, hi: float, origin: str, *, whole: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = int(text) if whole else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            kind = "a whole number" if whole else "a number"
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
         if not math.isfinite(value) or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {_num(lo)} and {_num(hi)} (the range of [{table}] "
-                                             f"{key} in the config file), not {text}")
+            raise argparse.ArgumentTypeError(f"must be between {_num(lo)} and {_num(hi)}{origin}, not {text}")
         return value
 
     return parse

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from watcher._net import is_loopback_host
-from watcher.config import Config
+from watcher.config import Config, flag_range
 from watcher.dispatch import Dispatcher, Extension
 from watcher.environment import Environment
 from watcher.errors import UsageError
@@ -260,7 +260,7 @@ class Poller:
 def _options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probe")
     g.add_argument("--probe", metavar="URL", help="also poll this llama-server's /props, /slots, /metrics")
-    g.add_argument("--probe-interval", type=float, default=30.0, metavar="SECONDS",
+    g.add_argument("--probe-interval", type=flag_range("--probe-interval"), default=30.0, metavar="SECONDS",
                    help="seconds between polls (default 30)")
     g.add_argument("--probe-allow-remote", action="store_true", help="allow a --probe host that is not loopback")
     g.add_argument("--probe-expect-spec", action="store_true",

@@ -11,6 +11,7 @@ from pathlib import Path
 from watcher import audit
 from watcher.catalogue import Catalogue
 from watcher.commands._common import UsageError
+from watcher.config import flag_range
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 
@@ -27,7 +28,7 @@ def add_action(actions: argparse._SubParsersAction,  # type: ignore[type-arg]
     a.add_argument("src", type=Path, metavar="SRC",
                    help="llama.cpp source tree (or a directory containing vendor/llama.cpp)")
     a.add_argument("--all", action="store_true", help="also list recognised and deliberately ignored messages")
-    a.add_argument("--fail-under", type=float, metavar="PCT",
+    a.add_argument("--fail-under", type=flag_range("--fail-under"), metavar="PCT",
                    help="exit 1 when coverage is below PCT percent (for CI)")
     common(a)
 

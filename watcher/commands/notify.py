@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from watcher.config import flag_range
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "queued message now, ignoring the retry backoff (retrying until --wait runs "
                                    "out); lists what stays queued.")
     p.add_argument("action", choices=["test", "list", "flush"])
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait", type=flag_range("--wait"), default=0.0, metavar="SECONDS",
                    help="flush: keep retrying failed deliveries for up to SECONDS (default: one pass)")
     p.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
     notify_sink.add_options(p)

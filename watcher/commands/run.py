@@ -8,6 +8,7 @@ from typing import BinaryIO, TextIO
 
 from watcher import report
 from watcher.commands._common import UsageError, add_analysis_options, build_context, incidents_at_exit, wire
+from watcher.config import flag_range
 from watcher.environment import Environment
 from watcher.events import Event
 from watcher.exitstatus import ExitStatus
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                "--spec-type draft-simple")
     p.add_argument("--on-spec-failure", choices=["warn", "exit"], default="warn",
                    help="warn (default): alert and keep serving; exit: stop the server and exit 3")
-    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--grace", type=flag_range("--grace"), default=10.0, metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL when stopping the child (default 10)")
     p.add_argument("--no-summary", dest="quiet_summary", action="store_true",
                    help="do not print the summary of open incidents when the child exits")
@@ -76,8 +77,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("run: give the command after '--', e.g. specwatch run -- llama-server -m model.gguf")
-    if args.grace < 0:
-        raise UsageError("run: --grace must be >= 0")
     ctx = build_context(args, env)
     stopper = _Stopper()
     if args.on_spec_failure == "exit":

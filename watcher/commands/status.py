@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from watcher import db
+from watcher.config import flag_range
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
@@ -50,8 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     a.set_defaults(handler=run_ack)
     h = sub.add_parser("history", help="recent incident transitions",
                        description="Opened, repeated, acknowledged, reopened and resolved incidents, newest first.")
-    h.add_argument("--limit", type=int, default=50, metavar="N", help="at most N lines (default 50)")
-    h.add_argument("--since", type=float, metavar="HOURS", help="only the last HOURS hours")
+    h.add_argument("--limit", type=flag_range("--limit"), default=50, metavar="N", help="at most N lines (default 50)")
+    h.add_argument("--since", type=flag_range("--since"), metavar="HOURS", help="only the last HOURS hours")
     h.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     _state(h)
     h.set_defaults(handler=run_history)

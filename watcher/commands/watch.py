@@ -17,6 +17,7 @@ from types import FrameType
 from watcher import paths
 from watcher.checkpoints import Checkpoints
 from watcher.commands._common import UsageError, add_analysis_options, build_context, wire
+from watcher.config import flag_range
 from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.incidents import Incident
@@ -41,12 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="read files seen for the first time from their start (default: from their end)")
     p.add_argument("--poll", action="store_true",
                    help="do not use native file events (inotify, FSEvents...); poll instead (network filesystems)")
-    p.add_argument("--interval", type=float, metavar="SECONDS",
+    p.add_argument("--interval", type=flag_range("--interval"), metavar="SECONDS",
                    help=f"how often every file is checked anyway (default {DEFAULT_INTERVAL}, "
                         f"with --poll {DEFAULT_POLL_INTERVAL})")
     p.add_argument("--include", action="append", metavar="GLOB",
                    help="file names followed inside directories (repeatable; default '*.log')")
-    p.add_argument("--ignore-older", type=float, default=0.0, metavar="DAYS",
+    p.add_argument("--ignore-older", type=flag_range("--ignore-older"), default=0.0, metavar="DAYS",
                    help="in directories and globs, do not hold open files unmodified for DAYS (default: 0 = all; "
                         "with --lmstudio 2)")
     p.add_argument("--lmstudio", action="store_true", help="follow LM Studio's server logs (see --lmstudio-dir)")
