@@ -208,3 +208,50 @@ def test_child_stderr_bytes_pass_through_undecoded(tmp_path: Path) -> None:
                        check=False)
     assert r.returncode == 0
     assert r.stderr == b"x\xe2\x82\xacy \xff\n"
+
+
+class _SlowReader(_Bytes):
+    """specwatch's stdout read by something slow (a paused pager, a congested log shipper): the first write
+    blocks for longer than the old drain limit of 5 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(5.5)
+        return super().write(data)
+
+
+def test_output_left_in_the_pipe_at_exit_is_passed_through_and_analysed(tmp_path: Path) -> None:
+    """A child that exits while a slow reader still holds back its output: every byte still reaches stdout, in
+    order, and the draft failure in its last lines is analysed, however long the reader takes."""
+    log = (ENGINE / "draft-missing-default.log").read_bytes()
+    padding = b"".join(b"srv  log_server_r: request: GET /health 127.0.0.1 200 %5d\n" % i for i in range(600))
+    child = ("import sys, time; o = sys.stdout.buffer; o.write(b'first\\n'); o.flush(); time.sleep(0.2); "
+             f"o.write({padding + log!r}); o.flush()")
+    slow, err = _SlowReader(), io.StringIO()
+    env = Environment(stdin=io.BytesIO(), stdout=slow, stderr=err, environ={"SPECWATCH_CONFIG": _config(tmp_path)})
+    assert len(padding + log) < 60_000  # it all fits in the pipe: the child exits without waiting for the reader
+    assert _run(env, "--", sys.executable, "-c", child) == 0
+    assert slow.getvalue() == b"first\n" + padding + log
+    assert "draft_load_failed" in err.getvalue()
+
+
+def test_a_descendant_holding_the_pipes_open_is_not_waited_for(tmp_path: Path) -> None:
+    """A background process that inherited the child's pipes and stays silent does not keep `run` alive after
+    the child exits; what it wrote before the exit is passed through."""
+    marker = tmp_path / "pid"
+    child = (f"sh -c 'echo from-descendant; echo $$ > {marker}; exec sleep 60' & "
+             f"until [ -s {marker} ]; do sleep 0.01; done; echo done")
+    try:
+        r = subprocess.run([sys.executable, "-m", "watcher", "run", "--no-summary", "--", "sh", "-c", child],
+                           env={**os.environ, "SPECWATCH_STATE_DIR": str(tmp_path)}, capture_output=True,
+                           timeout=30, check=False)
+    finally:
+        if marker.exists():
+            os.kill(int(marker.read_text()), signal.SIGTERM)
+    assert r.returncode == 0
+    assert r.stdout == b"from-descendant\ndone\n"

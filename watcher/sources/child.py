@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -173,10 +174,28 @@ class LineGate:
             self.rest = b""
 
 
-def _copy(pipe: BinaryIO, out: Passthrough, gate: LineGate) -> None:
+def _copy(pipe: BinaryIO, out: Passthrough, gate: LineGate, exited: threading.Event, wake: int) -> None:
+    """Copy one of the child's pipes until EOF, or, once the child has exited, until the pipe is empty.
+
+    When the child has exited every byte it wrote is in the pipe, so reading until the pipe is empty passes
+    all of it through, however long the output takes to absorb it; a descendant still holding the pipe is
+    copied for as long as it keeps the pipe from running empty, and not waited for after that (docs/run.md).
+    ``wake`` becomes readable when ``exited`` is set, so a read blocked on a silent pipe notices the exit.
+    """
     fd = pipe.fileno()
+    # A selector, not select.select: a server with many open files may give the pipe a number above 1023.
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    sel.register(wake, selectors.EVENT_READ)
     try:
         while True:
+            # Read the flag before looking at the pipe: if it was set, the child's last write is already in it.
+            finishing = exited.is_set()
+            ready = {key.fd for key, _ in sel.select(0 if finishing else None)}
+            if fd not in ready:
+                if finishing:
+                    break
+                continue
             try:
                 chunk = os.read(fd, CHUNK)
             except InterruptedError:
@@ -186,6 +205,7 @@ def _copy(pipe: BinaryIO, out: Passthrough, gate: LineGate) -> None:
             out.write(chunk)
             gate.feed(chunk)
     finally:
+        sel.close()
         gate.close()
         with contextlib.suppress(OSError):
             pipe.close()
@@ -210,11 +230,13 @@ class Child:
                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 - before any thread runs
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.gates = [LineGate(put), LineGate(put)]
+        self.exited = threading.Event()
+        self._wake = os.pipe()
         self.threads = [
-            threading.Thread(target=_copy, args=(self.proc.stdout, stdout, self.gates[0]), daemon=True,
-                             name="specwatch-child-stdout"),
-            threading.Thread(target=_copy, args=(self.proc.stderr, stderr, self.gates[1]), daemon=True,
-                             name="specwatch-child-stderr"),
+            threading.Thread(target=_copy, args=(self.proc.stdout, stdout, self.gates[0], self.exited,
+                                                 self._wake[0]), daemon=True, name="specwatch-child-stdout"),
+            threading.Thread(target=_copy, args=(self.proc.stderr, stderr, self.gates[1], self.exited,
+                                                 self._wake[0]), daemon=True, name="specwatch-child-stderr"),
         ]
         for t in self.threads:
             t.start()
@@ -246,10 +268,18 @@ class Child:
             rc = self.proc.wait()
         return rc
 
-    def drain(self, timeout: float = 5.0) -> None:
-        """Wait for the output copies to reach EOF (a grandchild may hold the pipes; do not wait forever)."""
+    def drain(self) -> None:
+        """After the child has exited: pass through and analyse everything left in its pipes, then stop.
+
+        No time limit: the child's bytes are never dropped, only a slow reader of specwatch's output makes
+        this take long. A descendant that holds the pipes open is not waited for once they are empty."""
+        self.proc.wait()
+        self.exited.set()
+        os.write(self._wake[1], b"x")
         for t in self.threads:
-            t.join(timeout)
+            t.join()
+        for fd in self._wake:
+            os.close(fd)
 
 
 def shell_status(rc: int) -> int:
