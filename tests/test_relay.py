@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SAMPLES
@@ -71,10 +71,19 @@ def test_near_miss_is_left_alone(item: tuple[cat.Relay, str]) -> None:
     assert CATALOGUE.relay.unwrap(line) == line
 
 
+def _wrappable(relay: cat.Relay) -> list[Path]:
+    """The logs this relay can really have printed: a router's child is never a router itself (server-models.cpp
+    removes --models-dir and --models-preset from its arguments), so logs already holding router children's
+    lines are not wrapped in a router's prefix again."""
+    if "channel" not in relay.regex.groupindex:
+        return LOGS
+    return [log for log in LOGS if not any(relay.strip(line) for line in log.read_text(errors="replace").splitlines())]
+
+
 @pytest.mark.parametrize("relay", RELAYS, ids=[r.id for r in RELAYS])
 def test_every_sample_wrapped_in_this_relay_gives_the_same_analysis(relay: cat.Relay) -> None:
     """Every sample and corpus log, each line wrapped by this relay, yields the same runs and incidents."""
-    differ = [log.name for log in LOGS if _analyse(_wrap(log.read_bytes(), relay), UNMARKED) != _PLAIN[log]]
+    differ = [log.name for log in _wrappable(relay) if _analyse(_wrap(log.read_bytes(), relay), UNMARKED) != _PLAIN[log]]
     assert not differ, differ
 
 
@@ -90,6 +99,8 @@ def test_wrapping_changes_the_analysis_without_the_relay_stage() -> None:
 @given(log=st.sampled_from(LOGS), stack=st.lists(st.sampled_from(RELAYS), min_size=2, max_size=3))
 def test_nested_relays_give_the_same_analysis(log: Path, stack: list[cat.Relay]) -> None:
     """A relay inside another (LocalAI in docker compose in journald) is unwrapped to the same analysis."""
+    routers = [r for r in stack if "channel" in r.regex.groupindex]
+    assume(len(routers) <= 1 and all(log in _wrappable(r) for r in routers))
     assert _analyse(_wrap(log.read_bytes(), *stack), UNMARKED) == _PLAIN[log]
 
 

@@ -37,8 +37,8 @@ class Classifier:
 
     def unwrap(self, record: Record) -> Record:
         """The record with its relays' wrappers removed (itself when it had none)."""
-        text, mark = self._relay.unwrap_marked(record.text)
-        return record if text is record.text else Record(text, record.lineno, record.source, mark)
+        text, mark, channel = self._relay.unwrap_all(record.text)
+        return record if text is record.text else Record(text, record.lineno, record.source, mark, channel)
 
     def candidates(self, text: str) -> list[Pattern]:
         """Patterns worth trying on ``text``, in catalogue order."""

@@ -174,6 +174,9 @@ class Record:
     source: str = "-"
     #: The mark of the relay this line came through ("exit_cause"), empty for a line printed bare.
     relayed_as: str = ""
+    #: Which of several processes relayed through one log printed the line: a llama-server router child's
+    #: port ("[35801] ..."); empty for a line of the log's own process.
+    channel: str = ""
 
 
 @dataclass(frozen=True)

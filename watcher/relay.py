@@ -50,6 +50,12 @@ class Relay:
 
     def strip(self, text: str) -> str | None:
         """The inner line if ``text`` is wrapped by this relay, else None."""
+        split = self.split(text)
+        return None if split is None else split[0]
+
+    def split(self, text: str) -> tuple[str, str] | None:
+        """The inner line and the channel the wrapper names (a router child's port; empty when the relay has
+        no ``channel`` group), or None when ``text`` is not wrapped by this relay."""
         if not any(a in text for a in self.anchors):
             return None
         try:
@@ -59,7 +65,8 @@ class Relay:
         if m is None:
             return None
         inner = m.group("inner")
-        return unescape(inner) if self.escape == "go" else inner
+        channel = (m.group("channel") or "") if "channel" in self.regex.groupindex else ""
+        return (unescape(inner) if self.escape == "go" else inner), channel
 
     def wrapped(self, line: str) -> str:
         """``line`` as this relay would print it (for tests: the ``wrap`` template with the line escaped)."""
@@ -79,16 +86,22 @@ class Relays:
 
     def unwrap_marked(self, text: str) -> tuple[str, str]:
         """The innermost line and the mark of the relay nearest to it (empty when none says anything)."""
-        mark = ""
+        text, mark, _ = self.unwrap_all(text)
+        return text, mark
+
+    def unwrap_all(self, text: str) -> tuple[str, str, str]:
+        """The innermost line, the mark of the relay nearest to it and the channel of the outermost one (the
+        log's own router names its children; empty when none says)."""
+        mark = channel = ""
         for _ in range(MAX_DEPTH):
             for r in self.relays:
-                inner = r.strip(text)
-                if inner is not None and inner != text:
-                    text, mark = inner, r.mark or mark
+                split = r.split(text)
+                if split is not None and split[0] != text:
+                    text, mark, channel = split[0], r.mark or mark, channel or split[1]
                     break
             else:
-                return text, mark
-        return text, mark
+                return text, mark, channel
+        return text, mark, channel
 
 
 def unescape(s: str) -> str:

@@ -72,7 +72,10 @@ def _details(inc: Incident, width: int) -> list[str]:
     else:  # not from a log line: the --probe poller's finding names the URL it asked
         field("source", inc.source)
     field("model", basename(inc.model) or None)
-    field("llama-swap", inc.extra.get("swap_model"))
+    if inc.extra.get("router_port") is not None:  # a llama-server router's child, named by its spawn line
+        field("router", f"{inc.extra.get('swap_model') or '?'} (child on port {inc.extra['router_port']})")
+    else:
+        field("llama-swap", inc.extra.get("swap_model"))
     field("draft", inc.draft_model)
     field("slots", slot_list(inc.slots) or None)
     if inc.device or inc.mib:

@@ -65,6 +65,11 @@ class SwapStream(Stream):
         self._recent: list[Section] = [self.current]
         self._mirrored: set[int] = set()
         self._held: Event | None = None  # an option warning of the upstream about to start
+        #: The section of the log's own process: a plain server, llama-swap, or a llama-server router.
+        self._root = self.current
+        #: A router's children by port, the newest section of each (a model reloaded keeps its port or not).
+        self._children: dict[int, Section] = {}
+        self._channel: str | None = None  # the first channel seen, before the router's children are known
         # ``runs`` (inherited attribute) is the union of every inner stream's runs, oldest first, so
         # reports, golden files and metrics read one list as they do for a plain stream.
         self.runs: list[Run] = []
@@ -77,6 +82,11 @@ class SwapStream(Stream):
         run = stream.run
         self._mirror(stream)
         return run
+
+    @property
+    def router_ports(self) -> list[int]:
+        """The ports of a llama-server router's children this log showed, in the order they appeared."""
+        return list(self._children)
 
     def continue_runs(self, seen: int) -> None:
         """Runs seen before a resume number the plain server's runs (llama-swap's models count their own)."""
@@ -98,6 +108,20 @@ class SwapStream(Stream):
                     stream._host_found(self.host)
             self._swap_event(ev)
             return
+        channel = ev.record.channel
+        if channel and not self._children:
+            # Without the router's spawn lines (an excerpt), one channel alone is any relay's prefix and the
+            # log is read by sequence; a second one shows children side by side: the lines so far were the first's.
+            if self._channel is None:
+                self._channel = channel
+            elif channel != self._channel:
+                self.current.port = self.current.port or int(self._channel)
+                self._children[int(self._channel)] = self.current
+        if self._children:
+            # Router mode: a child's line carries its port, the router's own line none. Neither depends on
+            # which process spoke last, so children loading side by side are never mixed.
+            self._routed(ev, int(channel) if channel else None)
+            return
         sec = self.current
         if t == "draft_gpu_ignored" and self.models and sec.started:
             # Printed while the next upstream parses its options, before its first line: held for it.
@@ -112,6 +136,21 @@ class SwapStream(Stream):
             if self._held is not None:
                 sec.stream.apply(self._held)
                 self._held = None
+        sec.stream.apply(ev)
+        self._mirror(sec.stream, ev.record.lineno)
+
+    def _routed(self, ev: Event, port: int | None) -> None:
+        """One line of a llama-server router's log: a child's (``port``) to that child's section, opened
+        anonymous when the log shows no spawn line for it (an excerpt); the router's own to the log's first."""
+        if port is None:
+            sec = self._root
+        else:
+            found = self._children.get(port)
+            sec = found if found is not None else self._open(None, port)
+            self._children[port] = sec
+        self.current = sec
+        if ev.type == "build_info":
+            sec.started = True
         sec.stream.apply(ev)
         self._mirror(sec.stream, ev.record.lineno)
 
@@ -139,6 +178,10 @@ class SwapStream(Stream):
         if t == "listen_port":
             if self.current.port is None:
                 self.current.port = port
+        elif t == "swap_start" and model and port is not None:
+            # A llama-server router spawning a child: its lines will come prefixed with this port.
+            self._children[port] = self._open(model, port)
+            self.current = self._root
         elif t == "swap_start" and model:
             self._start(model, _port_of(ev.get("cmd")))
         elif t == "swap_ready" and model:
@@ -269,6 +312,9 @@ class SwapStream(Stream):
             model = self._names.get(stream)
             if model is not None:
                 inc.extra["swap_model"] = model
+            port = next((p for p, sec in self._children.items() if sec.stream is stream), None)
+            if port is not None:
+                inc.extra["router_port"] = port  # a router's child: the port its lines are prefixed with
             if self._forward is not None:
                 self._forward(inc)
         return changed
