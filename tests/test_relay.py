@@ -83,7 +83,8 @@ def _wrappable(relay: cat.Relay) -> list[Path]:
 @pytest.mark.parametrize("relay", RELAYS, ids=[r.id for r in RELAYS])
 def test_every_sample_wrapped_in_this_relay_gives_the_same_analysis(relay: cat.Relay) -> None:
     """Every sample and corpus log, each line wrapped by this relay, yields the same runs and incidents."""
-    differ = [log.name for log in _wrappable(relay) if _analyse(_wrap(log.read_bytes(), relay), UNMARKED) != _PLAIN[log]]
+    differ = [log.name for log in _wrappable(relay)
+              if _analyse(_wrap(log.read_bytes(), relay), UNMARKED) != _PLAIN[log]]
     assert not differ, differ
 
 

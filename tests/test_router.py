@@ -4,6 +4,7 @@ the port the router prefixes each child line with, whatever order the children's
 from __future__ import annotations
 
 import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,7 +66,8 @@ def by_child(a: Analyzer) -> dict[str | None, list[Incident]]:
 
 def interleave(a: list[str], b: list[str], pattern: list[bool]) -> list[str]:
     """``a`` and ``b`` merged, each kept in order: ``pattern`` says whose line comes next while both have some."""
-    out, ia, ib = [], iter(a), iter(b)
+    out: list[str] = []
+    ia, ib = iter(a), iter(b)
     for take_a in itertools.chain(pattern, itertools.repeat(True)):
         nxt = next(ia, None) if take_a else next(ib, None)
         if nxt is None:

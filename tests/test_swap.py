@@ -77,7 +77,7 @@ PLAIN_LOGS = [p for p in sample_logs(SAMPLES) if p.parent.name != "swap"]
 
 @pytest.mark.parametrize("log", PLAIN_LOGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_plain_logs_analyse_exactly_as_one_stream(log: Path) -> None:
-    """Every sample without a llama-swap model line or router children gives the same runs and incidents as one Stream."""
+    """Every sample without a llama-swap model line or router children gives what a single Stream gives."""
     data = log.read_bytes()
     a = Analyzer(CAT, source=log.name)
     a.feed(data)
