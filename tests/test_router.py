@@ -137,3 +137,13 @@ def test_any_interleaving_gives_each_child_its_alone_result(pattern: list[bool])
     assert summary(incs.pop("small", [])) == ALONE_SMALL
     assert not incs
 
+
+
+def test_child_exit_after_many_children_still_ends_its_run() -> None:
+    """A child's non-zero exit reaches its run even after 20 other children were spawned since (a busy router)."""
+    others = [line for n in range(20) for line in spawn(f"m{n}", 9000 + n)]
+    lines = [*spawn("small", 8082), *child(8082, SMALL), *others,
+             "0.09.000.000 I srv    operator(): instance name=small exited with status 139"]
+    run = next(r for r in analyse(lines).stream.runs if r.source == "router.log <small>")
+    assert run.phase == "exited"
+

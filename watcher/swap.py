@@ -205,7 +205,7 @@ class SwapStream(Stream):
         self._open(model, port)
 
     def _end(self, model: str, ev: Event) -> None:
-        sec = next((s for s in reversed(self._recent) if s.model == model), None)
+        sec = next((s for s in [*reversed(self._recent), *self._children.values()] if s.model == model), None)
         if sec is None and self.current.model is None and self.current.started:
             # Old llama-swap names a model only when it stops it: the anonymous process is that one.
             sec = self.current
