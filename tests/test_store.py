@@ -231,3 +231,26 @@ def test_a_single_repeat_row_says_its_count(store: Store) -> None:
     store.record(inc().as_dict(), "opened", 1.0, Occurrence("pipe-1", rereadable=False, run=1, line=3))
     store.record(inc().as_dict(), "opened", 2.0, Occurrence("pipe-2", rereadable=False, run=1, line=3))
     assert [(what, note) for _, _, what, note, _ in store.history()] == [("repeat", "2 times"), ("opened", "")]
+
+
+def test_loop_read_again_by_another_process_counts_only_its_new_loads(store: Store) -> None:
+    """watch counted a loop's first load and was killed before its checkpoint passed it; the next process reads
+    that load again and two more of the loop (one incident, count 3): it adds the 2 new loads, and a third
+    process reading the same lines again adds none."""
+    i = inc(run=7, line=33)
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    i.count = 3
+    what, row = store.record(i.as_dict(), "opened", 2.0, Occurrence.of(i.as_dict(), "watch-2"))
+    assert what == "repeat" and row is not None and (row.status, row.count) == ("open", 3)
+    what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "watch-3"))
+    assert what == "updated" and row is not None and row.count == 3
+
+
+def test_loop_read_again_after_ack_reopens_with_its_new_loads(store: Store) -> None:
+    """The same, acknowledged after the first load: the loads read past it reopen the incident, counted once."""
+    i = inc(run=7, line=33)
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    store.acknowledge(None, "", 2.0)
+    i.count = 2
+    what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "watch-2"))
+    assert what == "reopened" and row is not None and (row.status, row.generation, row.count) == ("open", 2, 2)

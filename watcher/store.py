@@ -224,8 +224,12 @@ class Store:
                              "WHERE key = ?", (key,)).fetchone()
             new = old is not None and occ.is_new(*seen[:4])
             times = max(int(inc.get("count") or 1), 1)  # server loads this one record stands for
-            # The occurrence last counted, told again by its reader: only the loads it recurred since are new.
-            same = old is not None and occ.reader == seen[0] and (occ.run, occ.line) == (seen[1], seen[2])
+            # The occurrence last counted, told again: only the loads it recurred since are new. Told by its
+            # reader, or read again by another from a re-readable input, whose line numbers name it: a watch
+            # killed before its checkpoint passed a counted load reads it again, and the restart loop it starts
+            # may have gone on since (those loads are new, although the occurrence is not).
+            same = old is not None and occ.line == seen[2] and (
+                occ.run == seen[1] if occ.reader == seen[0] else occ.rereadable and not new)
             recurred = max(times - int(seen[4] or 1), 0) if same else 0
             if change == "opened" and old is not None and not new:
                 change = "updated"  # the same occurrence, read again

@@ -92,6 +92,30 @@ def test_checkpoint_waits_for_the_store(watch: Watch, tmp_path: Path) -> None:
     assert watch.stop() == 0
 
 
+def test_loop_read_again_after_kill_counts_its_new_loads(watch: Watch, tmp_path: Path) -> None:
+    """watch counts a failure and is killed before its checkpoint passes it; meanwhile the server failed the same
+    way twice more (a restart loop). The next watch reads the counted load again, then the two new ones: the
+    incident is counted 3 times, not 1 (the re-read load was taken for the whole loop)."""
+    log = tmp_path / "logs" / "server.log"
+    watch.start(wait=log)
+    conn = sqlite3.connect(str(watch.state.db), timeout=10)
+    cols = "dev, ino, head_len, head_hash, offset, lines, runs"
+    before = conn.execute(f"SELECT {cols} FROM checkpoints WHERE stream = ?", (f"file:{log}",)).fetchone()  # noqa: S608
+    append(log, block(2))
+    assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
+    assert watch.stop() == 0
+    # What kill -9 leaves between the incident's commit and the next checkpoint: the checkpoint before its lines.
+    conn.execute(f"UPDATE checkpoints SET ({cols}) = (?, ?, ?, ?, ?, ?, ?) WHERE stream = ?",  # noqa: S608
+                 (*before, f"file:{log}"))
+    conn.commit()
+    conn.close()
+    append(log, block(2) + block(2))
+    watch.start(wait=log)
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] == 3 * len(block(2))), watch.stderr()
+    assert watch.stop() == 0
+    assert [c for _, _, c, _ in watch.state.incidents()] == [3], (watch.state.incidents(), watch.stderr())
+
+
 def test_failure_recovered_before_it_settled_is_in_history(tmp_path: Path) -> None:
     """A draft that fails and a working reload within the settle time: history shows it opened, then resolved."""
     working = (b"build: 4000 (abc) with cc\nsrv    load_model: loading model '/m/t.gguf'\n"
