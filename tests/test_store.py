@@ -254,3 +254,21 @@ def test_loop_read_again_after_ack_reopens_with_its_new_loads(store: Store) -> N
     i.count = 2
     what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "watch-2"))
     assert what == "reopened" and row is not None and (row.status, row.generation, row.count) == ("open", 2, 2)
+
+
+def test_loop_resumed_inside_by_another_process_counts_no_load_twice(store: Store) -> None:
+    """watch counted loads 1 and 2 of a loop (runs 1-2) and was killed before its checkpoint passed load 2; the
+    next process reads load 2 again as the start of a loop of its own (run 2), then load 3: 3 counted, not 4.
+    A loop begun after the counted one is new."""
+    i = inc(run=1, line=3)
+    i.count, i.last_line = 2, 6
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    again = inc(run=2, line=6)
+    what, row = store.record(again.as_dict(), "opened", 2.0, Occurrence.of(again.as_dict(), "watch-2"))
+    assert what == "updated" and row is not None and row.count == 2
+    again.count, again.last_line = 2, 9
+    what, row = store.record(again.as_dict(), "updated", 3.0, Occurrence.of(again.as_dict(), "watch-2"))
+    assert what == "repeat" and row is not None and row.count == 3
+    assert store.lines_counted("srv") == 9  # a new file at the path is numbered past the loop's last load
+    later = inc(run=4, line=12)
+    assert store.record(later.as_dict(), "opened", 4.0, Occurrence.of(later.as_dict(), "watch-3"))[1].count == 4  # type: ignore[union-attr]
