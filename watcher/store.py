@@ -10,8 +10,9 @@ announced (its ``resolved`` message needs an announced ``opened``). A new occurr
 ``count``. A reader of a restart loop records its incident again with a higher ``count``: the loads it
 adds are new occurrences, so the first of them after an acknowledgement reopens it. The same occurrence read
 again (a second ``scan`` of a file, ``watch --from-start``, the lines a restarted ``watch`` reads again after
-its last checkpoint) changes no status and no count. Every transition is also written to ``incident_log`` for
-``specwatch history``.
+its last checkpoint) changes no status and no count; a restart loop read again that went on since (from its
+first load, or from inside the loop last counted) adds only its loads after the last one counted. Every
+transition is also written to ``incident_log`` for ``specwatch history``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class Occurrence:
       dispatcher announces every server load of its stream once);
     - from another reader of a re-readable input: only a first line past every one counted so far (line
       numbers of a file are kept across restarts by the checkpoints), so reading the same lines again
-      is the same occurrence;
+      is the same occurrence; one that starts at a load of the restart loop last counted continues that
+      loop (``Store.record`` counts its loads past the last one counted, as it does for the loop read again
+      from its first line);
     - from another reader of an input that cannot be read again: always (a new pipe is a new server start).
     """
 

@@ -111,9 +111,7 @@ def killed_before_checkpoint(db: Path, log: Path, row: tuple[object, ...]) -> No
 
 
 def test_loop_read_again_after_kill_counts_its_new_loads(watch: Watch, tmp_path: Path) -> None:
-    """watch counts a failure and is killed before its checkpoint passes it; meanwhile the server failed the same
-    way twice more (a restart loop). The next watch reads the counted load again, then the two new ones: the
-    incident is counted 3 times, not 1 (the re-read load was taken for the whole loop)."""
+    """A counted failure read again after kill -9, then two more loads of its restart loop: counted 3 times, not 1."""
     log = tmp_path / "logs" / "server.log"
     watch.start(wait=log)
     before = checkpoint_row(watch.state.db, log)
@@ -129,9 +127,7 @@ def test_loop_read_again_after_kill_counts_its_new_loads(watch: Watch, tmp_path:
 
 
 def test_loop_resumed_inside_after_kill_counts_no_load_twice(watch: Watch, tmp_path: Path) -> None:
-    """watch counts a restart loop's two loads and is killed before its checkpoint passes the second; the server
-    fails a third time. The next watch reads the second load again (a loop of its own, begun inside the counted
-    one), then the third: 3 counted, not 4."""
+    """A restart loop's counted second load read again after kill -9, then a third: counted 3 times, not 4."""
     log = tmp_path / "logs" / "server.log"
     watch.start(wait=log)
     append(log, block(2))
