@@ -231,3 +231,44 @@ def test_a_single_repeat_row_says_its_count(store: Store) -> None:
     store.record(inc().as_dict(), "opened", 1.0, Occurrence("pipe-1", rereadable=False, run=1, line=3))
     store.record(inc().as_dict(), "opened", 2.0, Occurrence("pipe-2", rereadable=False, run=1, line=3))
     assert [(what, note) for _, _, what, note, _ in store.history()] == [("repeat", "2 times"), ("opened", "")]
+
+
+def test_loop_read_again_by_another_process_counts_only_its_new_loads(store: Store) -> None:
+    """watch counted a loop's first load and was killed before its checkpoint passed it; the next process reads
+    that load again and two more of the loop (one incident, count 3): it adds the 2 new loads, and a third
+    process reading the same lines again adds none."""
+    i = inc(run=7, line=33)
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    i.count = 3
+    what, row = store.record(i.as_dict(), "opened", 2.0, Occurrence.of(i.as_dict(), "watch-2"))
+    assert what == "repeat" and row is not None and (row.status, row.count) == ("open", 3)
+    what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "watch-3"))
+    assert what == "updated" and row is not None and row.count == 3
+
+
+def test_loop_read_again_after_ack_reopens_with_its_new_loads(store: Store) -> None:
+    """The same, acknowledged after the first load: the loads read past it reopen the incident, counted once."""
+    i = inc(run=7, line=33)
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    store.acknowledge(None, "", 2.0)
+    i.count = 2
+    what, row = store.record(i.as_dict(), "opened", 3.0, Occurrence.of(i.as_dict(), "watch-2"))
+    assert what == "reopened" and row is not None and (row.status, row.generation, row.count) == ("open", 2, 2)
+
+
+def test_loop_resumed_inside_by_another_process_counts_no_load_twice(store: Store) -> None:
+    """watch counted loads 1 and 2 of a loop (runs 1-2) and was killed before its checkpoint passed load 2; the
+    next process reads load 2 again as the start of a loop of its own (run 2), then load 3: 3 counted, not 4.
+    A loop begun after the counted one is new."""
+    i = inc(run=1, line=3)
+    i.count, i.last_line = 2, 6
+    store.record(i.as_dict(), "opened", 1.0, Occurrence.of(i.as_dict(), "watch-1"))
+    again = inc(run=2, line=6)
+    what, row = store.record(again.as_dict(), "opened", 2.0, Occurrence.of(again.as_dict(), "watch-2"))
+    assert what == "updated" and row is not None and row.count == 2
+    again.count, again.last_line = 2, 9
+    what, row = store.record(again.as_dict(), "updated", 3.0, Occurrence.of(again.as_dict(), "watch-2"))
+    assert what == "repeat" and row is not None and row.count == 3
+    assert store.lines_counted("srv") == 9  # a new file at the path is numbered past the loop's last load
+    later = inc(run=4, line=12)
+    assert store.record(later.as_dict(), "opened", 4.0, Occurrence.of(later.as_dict(), "watch-3"))[1].count == 4  # type: ignore[union-attr]

@@ -10,8 +10,9 @@ announced (its ``resolved`` message needs an announced ``opened``). A new occurr
 ``count``. A reader of a restart loop records its incident again with a higher ``count``: the loads it
 adds are new occurrences, so the first of them after an acknowledgement reopens it. The same occurrence read
 again (a second ``scan`` of a file, ``watch --from-start``, the lines a restarted ``watch`` reads again after
-its last checkpoint) changes no status and no count. Every transition is also written to ``incident_log`` for
-``specwatch history``.
+its last checkpoint) changes no status and no count; a restart loop read again that went on since (from its
+first load, or from inside the loop last counted) adds only its loads after the last one counted. Every
+transition is also written to ``incident_log`` for ``specwatch history``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ MIGRATIONS = [
     """
     ALTER TABLE incidents ADD COLUMN occ_count INTEGER NOT NULL DEFAULT 1;
     """,
+    # The furthest line of any load counted (a restart loop's later loads lie past its first line): a process
+    # that resumes inside a counted loop tells its loads apart from those, and a new file is numbered past them.
+    """
+    ALTER TABLE incidents ADD COLUMN occ_last_line INTEGER;
+    """,
 ]
 
 #: What ``record`` did: the outbox announces ``opened`` and ``reopened``, and ``resolved``.
@@ -97,7 +103,9 @@ class Occurrence:
       dispatcher announces every server load of its stream once);
     - from another reader of a re-readable input: only a first line past every one counted so far (line
       numbers of a file are kept across restarts by the checkpoints), so reading the same lines again
-      is the same occurrence;
+      is the same occurrence; one that starts at a load of the restart loop last counted continues that
+      loop (``Store.record`` counts its loads past the last one counted, as it does for the loop read again
+      from its first line);
     - from another reader of an input that cannot be read again: always (a new pipe is a new server start).
     """
 
@@ -105,11 +113,14 @@ class Occurrence:
     rereadable: bool = True
     run: int = 0
     line: int = 0
+    #: The furthest line the record covers (its last load's, for a restart loop).
+    last: int = 0
 
     @classmethod
     def of(cls, inc: Mapping[str, Any], reader: str = "", rereadable: bool = True) -> Occurrence:
         """The occurrence of an ``Incident.as_dict()``."""
-        return cls(reader, rereadable, int(inc.get("run") or 0), int(inc.get("first_line") or 0))
+        line = int(inc.get("first_line") or 0)
+        return cls(reader, rereadable, int(inc.get("run") or 0), line, max(int(inc.get("last_line") or 0), line))
 
     def is_new(self, reader: str, run: int | None, line: int | None, max_line: int | None) -> bool:
         """Whether this is a new occurrence after the stored one (``reader``, ``run``, ``line``, ``max_line``)."""
@@ -220,13 +231,24 @@ class Store:
         with self.transaction() as c:
             r = c.execute(f"SELECT {_COLUMNS} FROM incidents WHERE key = ?", (key,)).fetchone()  # noqa: S608
             old = _row(r) if r else None
-            seen = c.execute("SELECT occ_reader, occ_run, occ_line, occ_max_line, occ_count FROM incidents "
-                             "WHERE key = ?", (key,)).fetchone()
+            seen = c.execute("SELECT occ_reader, occ_run, occ_line, occ_max_line, occ_count, occ_last_line "
+                             "FROM incidents WHERE key = ?", (key,)).fetchone()
             new = old is not None and occ.is_new(*seen[:4])
             times = max(int(inc.get("count") or 1), 1)  # server loads this one record stands for
-            # The occurrence last counted, told again by its reader: only the loads it recurred since are new.
-            same = old is not None and occ.reader == seen[0] and (occ.run, occ.line) == (seen[1], seen[2])
-            recurred = max(times - int(seen[4] or 1), 0) if same else 0
+            inside = old is not None and new and _inside(occ, seen)
+            if inside:
+                # A loop begun inside the one last counted: another process resumed there (the one that counted
+                # it was killed before its checkpoint passed those loads) and reads them again. They are not new;
+                # its loads after the last one counted are. Runs of one stream are numbered alike across restarts.
+                new, times = False, times - (int(seen[1]) + int(seen[4] or 1) - occ.run)
+            # The occurrence last counted, told again: only the loads it recurred since are new. Told by its
+            # reader, or read again by another from a re-readable input, whose line numbers name it: a watch
+            # killed before its checkpoint passed a counted load reads it again, and the restart loop it starts
+            # may have gone on since (those loads are new, although the occurrence is not).
+            same = old is not None and occ.line == seen[2] and (
+                occ.run == seen[1] if occ.reader == seen[0] else occ.rereadable and not new)
+            recurred = max(times - int(seen[4] or 1), 0) if same else max(times, 0) if inside else 0
+            same = same or inside
             if change == "opened" and old is not None and not new:
                 change = "updated"  # the same occurrence, read again
             fields = (inc["kind"], inc["severity"], inc["title"], inc["source"], self.host,
@@ -272,8 +294,10 @@ class Store:
                 what = "repeat" if bump else "updated"
             if what in ("opened", "reopened", "repeat") or old is None:
                 c.execute("UPDATE incidents SET occ_reader = ?, occ_run = ?, occ_line = ?, occ_count = ?, "
-                          "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?) WHERE key = ?",
-                          (occ.reader, occ.run, occ.line, times, occ.line, occ.line, key))
+                          "occ_max_line = MAX(COALESCE(occ_max_line, ?), ?), "
+                          "occ_last_line = MAX(COALESCE(occ_last_line, ?), ?) WHERE key = ?",
+                          (occ.reader, occ.run, occ.line, max(int(inc.get("count") or 1), 1), occ.line, occ.line,
+                           occ.last, occ.last, key))
             last = c.execute("SELECT id, what FROM incident_log WHERE key = ? ORDER BY id DESC LIMIT 1",
                              (key,)).fetchone()
             if what == "repeat" and last is not None and last[1] == "repeat":
@@ -293,8 +317,9 @@ class Store:
         return what, row
 
     def lines_counted(self, source: str) -> int:
-        """The furthest first line of an occurrence counted for ``source``'s incidents (0: none)."""
-        r = self.conn.execute("SELECT MAX(occ_max_line) FROM incidents WHERE source = ?", (source,)).fetchone()
+        """The furthest line of a load counted for ``source``'s incidents (0: none)."""
+        r = self.conn.execute("SELECT MAX(MAX(occ_max_line, COALESCE(occ_last_line, 0))) FROM incidents "
+                              "WHERE source = ?", (source,)).fetchone()
         return int(r[0] or 0) if r else 0
 
     def resolve_id(self, prefix: str) -> str | None:
@@ -352,3 +377,12 @@ class Store:
 def _details(inc: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("model", "draft_model", "device", "mib", "reason", "server_state", "confidence", "run")
     return {k: inc.get(k) for k in keep if inc.get(k) is not None}
+
+
+def _inside(occ: Occurrence, seen: tuple[Any, ...]) -> bool:
+    """Whether ``occ``, read by another process of a re-readable input, begins inside the loop last counted
+    (``seen``: its reader, run, first line, furthest first line, count, furthest line): at a load already counted."""
+    reader, run, line, _max, count, last = seen
+    if not occ.rereadable or occ.reader == reader or line is None or run is None or last is None:
+        return False
+    return bool(line < occ.line <= last and run < occ.run <= run + int(count or 1) - 1)

@@ -5,6 +5,7 @@ Each test runs the real command in its own process on local files and stops it w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -90,6 +91,57 @@ def test_checkpoint_waits_for_the_store(watch: Watch, tmp_path: Path) -> None:
     watch.start()
     assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
     assert watch.stop() == 0
+
+
+CHECKPOINT = "dev, ino, head_len, head_hash, offset, lines, runs"
+
+
+def checkpoint_row(db: Path, log: Path) -> tuple[object, ...]:
+    """The checkpoint of ``log`` as stored, to put back later."""
+    with contextlib.closing(sqlite3.connect(str(db), timeout=10)) as conn:
+        row = conn.execute(f"SELECT {CHECKPOINT} FROM checkpoints WHERE stream = ?", (f"file:{log}",)).fetchone()
+    return tuple(row)
+
+
+def killed_before_checkpoint(db: Path, log: Path, row: tuple[object, ...]) -> None:
+    """What kill -9 leaves between an incident's commit and the next checkpoint: the checkpoint before its lines."""
+    with contextlib.closing(sqlite3.connect(str(db), timeout=10)) as conn, conn:
+        conn.execute(f"UPDATE checkpoints SET ({CHECKPOINT}) = (?, ?, ?, ?, ?, ?, ?) WHERE stream = ?",
+                     (*row, f"file:{log}"))
+
+
+def test_loop_read_again_after_kill_counts_its_new_loads(watch: Watch, tmp_path: Path) -> None:
+    """A counted failure read again after kill -9, then two more loads of its restart loop: counted 3 times, not 1."""
+    log = tmp_path / "logs" / "server.log"
+    watch.start(wait=log)
+    before = checkpoint_row(watch.state.db, log)
+    append(log, block(2))
+    assert wait_for(lambda: watch.state.count() == 1), watch.stderr()
+    assert watch.stop() == 0
+    killed_before_checkpoint(watch.state.db, log, before)
+    append(log, block(2) + block(2))
+    watch.start(wait=log)
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] == 3 * len(block(2))), watch.stderr()
+    assert watch.stop() == 0
+    assert [c for _, _, c, _ in watch.state.incidents()] == [3], (watch.state.incidents(), watch.stderr())
+
+
+def test_loop_resumed_inside_after_kill_counts_no_load_twice(watch: Watch, tmp_path: Path) -> None:
+    """A restart loop's counted second load read again after kill -9, then a third: counted 3 times, not 4."""
+    log = tmp_path / "logs" / "server.log"
+    watch.start(wait=log)
+    append(log, block(2))
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] == len(block(2))), watch.stderr()
+    before = checkpoint_row(watch.state.db, log)
+    append(log, block(2))
+    assert wait_for(lambda: watch.state.count() == 2), watch.stderr()
+    assert watch.stop() == 0
+    killed_before_checkpoint(watch.state.db, log, before)
+    append(log, block(2))
+    watch.start(wait=log)
+    assert wait_for(lambda: (cp := watch.state.checkpoint(log)) and cp[1] == 3 * len(block(2))), watch.stderr()
+    assert watch.stop() == 0
+    assert [c for _, _, c, _ in watch.state.incidents()] == [3], (watch.state.incidents(), watch.stderr())
 
 
 def test_failure_recovered_before_it_settled_is_in_history(tmp_path: Path) -> None:
