@@ -144,6 +144,26 @@ def test_bad_pattern_names_file_pattern_and_key(tmp_path: Path, body: str, key: 
     assert "broken.toml" in msg and "t.one" in msg and key in msg
 
 
+def test_regexes_compile_on_first_use_only() -> None:
+    """Loading compiles no shipped regex; a line compiles only the patterns whose anchor it holds."""
+    catalogue = cat.load()
+    assert not any("regex" in vars(p) for p in catalogue.patterns)
+    line = "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache"
+    Classifier(catalogue).classify(Record(line, 1))
+    compiled = {p.id for p in catalogue.patterns if "regex" in vars(p)}
+    tried = {p.id for p in catalogue.patterns if any(a in line for a in p.anchors)}
+    assert compiled and compiled <= tried
+
+
+def test_a_bad_regex_in_a_shipped_pattern_fails_on_use_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """A shipped pattern's regex is checked when first used, and its error names the file, pattern and key."""
+    (tmp_path / "broken.toml").write_text(GOOD.replace("loading draft model <QPATH>", "loading (draft"))
+    monkeypatch.setattr(cat, "default_dir", lambda: tmp_path)
+    catalogue = cat.load([tmp_path])
+    with pytest.raises(cat.CatalogueError, match=r"broken\.toml: pattern 't\.one': key 'regex'"):
+        Classifier(catalogue).classify(Record("loading draft model '/m/d.gguf'", 1))
+
+
 def test_invalid_toml_and_duplicate_ids_name_the_file(tmp_path: Path) -> None:
     """Invalid TOML names the file; a duplicate id names both files."""
     (tmp_path / "a.toml").write_text("[[pattern]\n")

@@ -1,22 +1,32 @@
-"""Load, validate and compile the pattern catalogue (``patterns/*.toml``)."""
+"""Load and validate the pattern catalogue (``patterns/*.toml``); each regex compiles on first use.
+
+Loading parses the TOML and checks every key, but compiles no regex: a pattern's regex is compiled the first
+time a line holds one of its anchors, so a growing catalogue costs nothing at start and patterns whose lines
+never occur are never compiled. The shipped catalogue is compiled and tried on its examples by the test suite;
+a user's own pattern files (``--patterns``, ``[patterns] extra``) are compiled at load, so a bad regex there is
+reported at start, naming the file, the pattern and the key.
+"""
 
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import regex
+from typing import TYPE_CHECKING, Any
 
 from watcher.events import CAUSES, EVENTS, FIELD_TYPES
 from watcher.relay import Relay, RelayExample, Relays, compile_relay
 
 __all__ = ["Catalogue", "CatalogueError", "Cause", "Example", "Pattern", "Relay", "RelayExample", "Relays", "load"]
+
+if TYPE_CHECKING:
+    import regex
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +42,9 @@ MACROS: dict[str, str] = {
     # Model paths: quoted in llama.cpp, may hold spaces and backslashes (Windows).
     "QPATH": r"'(?P<model>[^']*)'?",
 }
+
+#: Named groups in a regex: ``(?P<name>...)`` and the regex module's ``(?<name>...)`` (never a lookbehind).
+_GROUP = re.compile(r"\(\?P?<([A-Za-z_]\w*)>")
 
 SCHEMA_VERSION = 1
 _KNOWN_KEYS = {
@@ -54,12 +67,13 @@ class Example:
 
 @dataclass(frozen=True)
 class Pattern:
-    """One compiled catalogue entry."""
+    """One catalogue entry; its regex compiles the first time it is used."""
 
     id: str
     event: str
     anchors: tuple[str, ...]
-    regex: regex.Pattern[str]
+    #: The regex as written, macros expanded.
+    expression: str
     origin: str
     examples: tuple[Example, ...]
     near_misses: tuple[str, ...] = ()
@@ -74,6 +88,19 @@ class Pattern:
     generic: bool = False
     #: From specwatch's own catalogue (tested for speed), not from a user's pattern file.
     shipped: bool = False
+    ignore_case: bool = False
+    #: Where the pattern was defined ("file: pattern 'id'"), for the message of a regex that does not compile.
+    where: str = field(default="", compare=False)
+
+    @cached_property
+    def regex(self) -> regex.Pattern[str]:
+        """The compiled regex (compiled once, on first use; the module itself loads with the first one)."""
+        import regex
+
+        try:
+            return regex.compile(self.expression, regex.V0 | (regex.IGNORECASE if self.ignore_case else 0))
+        except regex.error as exc:
+            raise CatalogueError(f"{self.where or self.id}: key 'regex': {exc}") from exc
 
     def match(self, text: str, timeout: float = 0.05) -> dict[str, Any] | None:
         """Typed fields if ``text`` matches, else None. A regex timeout counts as no match."""
@@ -219,7 +246,10 @@ def default_dir() -> Path:
 
 
 def load(paths: Iterable[Path] | None = None) -> Catalogue:
-    """Load every ``*.toml`` under the given files or directories (default: the shipped catalogue)."""
+    """Load every ``*.toml`` under the given files or directories (default: the shipped catalogue).
+
+    The regexes of files outside the shipped catalogue are compiled now, so their errors are reported at load.
+    """
     files: list[Path] = []
     for p in paths if paths is not None else [default_dir()]:
         if p.is_dir():
@@ -243,6 +273,8 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
                 raise CatalogueError(f"{f.name}: {kind} {item.id!r}: id already used in {ids[key]}")
             ids[key] = f.name
             if isinstance(item, Pattern):
+                if not item.shipped:
+                    _ = item.regex  # a user's file: a regex that does not compile is an error at start
                 patterns.append(item)
             elif isinstance(item, Relay):
                 relays.append(item)
@@ -279,6 +311,8 @@ def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay | 
 
 
 def _compile_cause(where: str, entry: dict[str, Any]) -> Cause:
+    import regex
+
     for key in ("id", "cause", "regex", "examples"):
         if key not in entry:
             raise CatalogueError(f"{where}: missing key {key!r}")
@@ -324,14 +358,8 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
     if not anchors or not all(isinstance(a, str) and len(a) >= 3 for a in anchors):
         raise CatalogueError(f"{where}: key 'anchor': literal(s) of at least 3 characters required")
     source = _expand(str(entry["regex"]))
-    flags = regex.V0
-    if "i" in str(entry.get("flags", "")):
-        flags |= regex.IGNORECASE
-    try:
-        compiled = regex.compile(source, flags)
-    except regex.error as exc:
-        raise CatalogueError(f"{where}: key 'regex': {exc}") from exc
-    bad = set(compiled.groupindex) - set(FIELD_TYPES)
+    # Field names are checked without compiling (the regex compiles on first use).
+    bad = set(_GROUP.findall(source)) - set(FIELD_TYPES)
     if bad:
         raise CatalogueError(f"{where}: key 'regex': unknown field name(s) {', '.join(sorted(bad))}")
     examples = tuple(_example(where, e) for e in entry.get("examples", []))
@@ -346,7 +374,7 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
         id=pid,
         event=event,
         anchors=anchors,
-        regex=compiled,
+        expression=source,
         origin=origin,
         examples=examples,
         near_misses=tuple(str(x) for x in entry.get("near_misses", [])),
@@ -358,6 +386,8 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
         note=str(entry.get("note", "")),
         generic=bool(entry.get("generic", False)),
         shipped=shipped,
+        ignore_case="i" in str(entry.get("flags", "")),
+        where=where,
     )
 
 
