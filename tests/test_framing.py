@@ -76,6 +76,22 @@ def test_more_anchors_than_one_searcher_takes(tokens: list[str]) -> None:
     assert records(Framer(sel), [data]) == [(n, t) for n, t in unfiltered if any(a in t for a in MANY)]
 
 
+NESTED = ["draft", "draft tokens", "Recurrent draft", "MiB", "MiB free", "failed to allocate",
+          "failed to allocate buffer for"]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(["draft", "draft tok", "tokens", "Recurrent", "MiB", "MiB free", "failed to allocate",
+                                 " buffer for", "drat", " ", "\n", "\r"]), max_size=60))
+def test_anchors_holding_other_anchors_are_not_searched_for(tokens: list[str]) -> None:
+    """An anchor containing another is not searched for separately, and every anchor line is still found."""
+    sel = LineSelector(NESTED)
+    assert sel.literals == [b"MiB", b"draft", b"failed to allocate"]
+    data = "".join(tokens).encode()
+    unfiltered = records(Framer(None), [data])
+    assert records(Framer(sel), [data]) == [(n, t) for n, t in unfiltered if any(a in t for a in NESTED)]
+
+
 def reference(data: bytes, anchors: list[str], max_line: int) -> list[tuple[int, str]]:
     """What the framer must produce: every CR piece of every line, cut at max_line, kept if an anchor is left."""
     lines = data.split(b"\n")
