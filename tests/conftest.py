@@ -28,6 +28,7 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("XDG_CONFIG_HOME", str(state / "config"))
     # Environments built with their own ``environ`` (no SPECWATCH_STATE_DIR) fall back to the XDG state dir.
     monkeypatch.setenv("XDG_STATE_HOME", str(state / "xdg-state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(state / "cache"))
     monkeypatch.delenv("SPECWATCH_NOTIFY", raising=False)
     monkeypatch.delenv("SPECWATCH_CONFIG", raising=False)
 

@@ -4,6 +4,7 @@ and the annotated corpus in tests/corpus (fail2ban-style ``# expect:`` lines).""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,49 @@ def test_a_bad_regex_in_a_shipped_pattern_fails_on_use_naming_it(tmp_path: Path,
     catalogue = cat.load([tmp_path])
     with pytest.raises(cat.CatalogueError, match=r"broken\.toml: pattern 't\.one': key 'regex'"):
         Classifier(catalogue).classify(Record("loading draft model '/m/d.gguf'", 1))
+
+
+def test_a_cached_file_is_not_parsed_again(tmp_path: Path, monkeypatch) -> None:
+    """A pattern file loaded once with a cache is read back from it: the TOML parser is not used again."""
+    import tomllib
+
+    (tmp_path / "p.toml").write_text(GOOD)
+    first = cat.load([tmp_path / "p.toml"], cache=tmp_path / "cache")
+
+    def refuse(_text: str) -> None:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(tomllib, "loads", refuse)
+    again = cat.load([tmp_path / "p.toml"], cache=tmp_path / "cache")
+    assert [(p.id, p.expression, p.examples) for p in again.patterns] == \
+        [(p.id, p.expression, p.examples) for p in first.patterns]
+
+
+def test_the_cache_follows_the_content(tmp_path: Path) -> None:
+    """Any change to a pattern file's bytes is seen, even with the same size and modification time."""
+    f = tmp_path / "p.toml"
+    f.write_text(GOOD)
+    stamp = f.stat().st_mtime_ns
+    assert cat.load([f], cache=tmp_path / "cache").patterns[0].id == "t.one"
+    f.write_text(GOOD.replace('id = "t.one"', 'id = "t.two"'))
+    os.utime(f, ns=(stamp, stamp))
+    assert cat.load([f], cache=tmp_path / "cache").patterns[0].id == "t.two"
+
+
+def test_a_damaged_or_unwritable_cache_only_costs_a_parse(tmp_path: Path) -> None:
+    """A cache entry that is not valid JSON is parsed again and rewritten; a cache that cannot be written is
+    not an error."""
+    f = tmp_path / "p.toml"
+    f.write_text(GOOD)
+    cache = tmp_path / "cache"
+    cat.load([f], cache=cache)
+    (entry,) = cache.iterdir()
+    entry.write_text("{not json")
+    assert cat.load([f], cache=cache).patterns[0].id == "t.one"
+    assert json.loads(entry.read_text())["pattern"][0]["id"] == "t.one"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert cat.load([f], cache=blocked / "cache").patterns[0].id == "t.one"
 
 
 def test_invalid_toml_and_duplicate_ids_name_the_file(tmp_path: Path) -> None:

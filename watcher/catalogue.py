@@ -5,6 +5,10 @@ time a line holds one of its anchors, so a growing catalogue costs nothing at st
 never occur are never compiled. The shipped catalogue is compiled and tried on its examples by the test suite;
 a user's own pattern files (``--patterns``, ``[patterns] extra``) are compiled at load, so a bad regex there is
 reported at start, naming the file, the pattern and the key.
+
+The commands give ``load`` a cache directory: each file's parsed TOML is kept there as JSON, named by the hash of
+the file's bytes, so an unchanged file is read back without the TOML parser (its import and parse were a third
+of a small command's start) and a changed file, however little, is parsed afresh.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +30,6 @@ __all__ = ["Catalogue", "CatalogueError", "Cause", "Example", "Pattern", "Relay"
 
 if TYPE_CHECKING:
     import regex
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 #: Macros usable in a pattern's regex as ``<NAME>``; upper case so they never clash with
 #: ``(?P<name>...)`` groups. Kept here rather than in data: they are part of the schema.
@@ -239,16 +237,18 @@ class Catalogue:
 
 def default_dir() -> Path:
     """The shipped catalogue: inside an installed wheel, or ``patterns/`` of a source checkout."""
-    packaged = resources.files("watcher") / "_catalogue"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "patterns"
+    # The wheel puts the catalogue beside this module (pyproject's force-include); a plain path rather than
+    # importlib.resources, whose import costs more than the rest of loading the catalogue.
+    here = Path(__file__).resolve().parent
+    packaged = here / "_catalogue"
+    return packaged if packaged.is_dir() else here.parent / "patterns"
 
 
-def load(paths: Iterable[Path] | None = None) -> Catalogue:
+def load(paths: Iterable[Path] | None = None, cache: Path | None = None) -> Catalogue:
     """Load every ``*.toml`` under the given files or directories (default: the shipped catalogue).
 
     The regexes of files outside the shipped catalogue are compiled now, so their errors are reported at load.
+    With ``cache``, parsed files are kept in (and read back from) that directory.
     """
     files: list[Path] = []
     for p in paths if paths is not None else [default_dir()]:
@@ -266,7 +266,7 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
     ids: dict[str, str] = {}
     shipped = default_dir().resolve()
     for f in files:
-        for item in _load_file(f, f.resolve().parent == shipped):
+        for item in _load_file(f, f.resolve().parent == shipped, cache):
             kind = "pattern" if isinstance(item, Pattern) else "relay" if isinstance(item, Relay) else "cause"
             key = f"{kind}:{item.id}"
             if key in ids:
@@ -283,11 +283,8 @@ def load(paths: Iterable[Path] | None = None) -> Catalogue:
     return Catalogue(tuple(patterns), tuple(str(f) for f in files), relays=tuple(relays), causes=tuple(causes))
 
 
-def _load_file(path: Path, shipped: bool = False) -> Iterator[Pattern | Relay | Cause]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogueError(f"{path.name}: invalid TOML: {exc}") from exc
+def _load_file(path: Path, shipped: bool = False, cache: Path | None = None) -> Iterator[Pattern | Relay | Cause]:
+    data = _parse(path, cache)
     schema = data.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         raise CatalogueError(f"{path.name}: schema {schema} is not supported (this specwatch reads {SCHEMA_VERSION})")
@@ -337,6 +334,64 @@ def _compile_cause(where: str, entry: dict[str, Any]) -> Cause:
                  examples=tuple({str(k): str(v) for k, v in e.items()} for e in examples),
                  near_misses=tuple(str(x) for x in entry.get("near_misses", [])),
                  source=str(entry.get("source", "")), note=str(entry.get("note", "")))
+
+
+#: Part of every cache key: a change to how parsed files are kept makes every old entry unreachable.
+_CACHE_FORMAT = b"specwatch catalogue cache 1\0"
+#: Entries kept per cache directory; past it the oldest go (every edit of a pattern file leaves one behind).
+CACHE_ENTRIES = 64
+
+
+def _parse(path: Path, cache: Path | None) -> dict[str, Any]:
+    """The TOML document of ``path``, read back from ``cache`` when this exact content was parsed before."""
+    raw = path.read_bytes()
+    entry = None
+    if cache is not None:
+        import hashlib
+        import json
+
+        entry = cache / f"{hashlib.sha256(_CACHE_FORMAT + raw).hexdigest()[:40]}.json"
+        try:
+            kept = json.loads(entry.read_bytes())
+        except (OSError, ValueError):
+            pass  # not cached yet, or an unreadable entry: parsed again (and the entry rewritten) below
+        else:
+            if isinstance(kept, dict):
+                return kept
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{path.name}: invalid TOML: {exc}") from exc
+    if entry is not None:
+        _keep(entry, data)
+    return data
+
+
+def _keep(entry: Path, data: dict[str, Any]) -> None:
+    """Write a cache entry atomically; a cache that cannot be written is only slower, never an error."""
+    import json
+    import os
+
+    try:
+        text = json.dumps(data, ensure_ascii=False)
+        if json.loads(text) != data:
+            return  # a value JSON would not give back the same (TOML dates, NaN): this file is always parsed
+    except (TypeError, ValueError):
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(entry)
+        old = sorted(entry.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for p in old[: max(0, len(old) - CACHE_ENTRIES)]:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bool = False) -> Pattern:

@@ -16,11 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the file, the key and the line."""
@@ -115,6 +110,11 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read config: not UTF-8 text (byte {exc.start})") from exc
+    # Imported only for a file to read: most starts have none, and the parser's import is a good part of one.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from platformdirs import user_state_dir
+from platformdirs import user_cache_dir, user_state_dir
 
 DB_NAME = "specwatch.db"
 
@@ -25,3 +25,8 @@ def state_dir(environ: Mapping[str, str], override: str | Path | None = None) ->
 def db_path(environ: Mapping[str, str], override: str | Path | None = None) -> Path:
     """The SQLite database shared by every specwatch process of this user."""
     return state_dir(environ, override) / DB_NAME
+
+
+def catalogue_cache() -> Path:
+    """Where the parsed pattern files are kept (the user cache dir; it only spares parsing them again)."""
+    return Path(user_cache_dir("specwatch")) / "catalogue"

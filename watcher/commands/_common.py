@@ -89,8 +89,10 @@ def load_config(args: argparse.Namespace, env: Environment) -> cfg.Config:
 
 def load_catalogue(extra: list[Path]) -> cat.Catalogue:
     """The shipped catalogue plus the user's extra pattern files."""
+    from watcher import paths
+
     try:
-        return cat.load([cat.default_dir(), *extra])
+        return cat.load([cat.default_dir(), *extra], cache=paths.catalogue_cache())
     except cat.CatalogueError as exc:
         raise UsageError(f"bad pattern: {exc}") from exc
 
