@@ -165,6 +165,44 @@ def test_a_bad_regex_in_a_shipped_pattern_fails_on_use_naming_it(tmp_path: Path,
         Classifier(catalogue).classify(Record("loading draft model '/m/d.gguf'", 1))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ALL_EXAMPLES), st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=40),
+       st.text(max_size=12))
+def test_a_line_without_a_required_literal_never_matches(item: tuple[cat.Pattern, cat.Example], at: int, cut: int,
+                                                         insert: str) -> None:
+    """The literals checked before a pattern's regex are in every line the regex matches (examples cut and
+    spliced anywhere), so skipping the regex when one is missing never loses a match."""
+    p, ex = item
+    line = ex.line[:at] + insert + ex.line[at + cut:]
+    if p.regex.search(line) is not None:
+        assert all(lit in line for lit in p.literals)
+
+
+@pytest.mark.parametrize(("expression", "literals"), [
+    (r"(?P<buffer>[\w.-]+) (?:KV|RS) buffer size =\s*(?P<mib>[\d.]+) MiB", (" buffer size =", " MiB")),
+    (r"abcd?e", ("abc",)),
+    (r"abc{2,3}def", ("def",)),
+    (r"x\(y\)z+", ("x(y)",)),
+    (r"\x41bc def", (" def",)),
+    (r"foo\p{L}+bar", ("foo", "bar")),
+    (r"ab[|]cd|efg", ()),
+    (r"(?i)abcdef", ()),
+    (r"abc(?#comment)def", ()),
+])
+def test_required_literals_are_read_conservatively(expression: str, literals: tuple[str, ...]) -> None:
+    """Only plain text outside groups, sets, escapes with arguments and optional characters is required; an
+    alternative or an inline flag at the top gives none."""
+    assert cat.required_literals(expression) == literals
+
+
+def test_a_line_missing_a_literal_does_not_even_compile_the_regex() -> None:
+    """A line holding a pattern's anchor but not its other literals is turned away before the regex is compiled."""
+    catalogue = cat.load()
+    kv = next(p for p in catalogue.patterns if p.id == "llama.kv_buffer")
+    assert kv.literals and kv.match("llama_context: graph nodes = 1 MiB") is None
+    assert "regex" not in vars(kv)
+
+
 def test_a_cached_file_is_not_parsed_again(tmp_path: Path, monkeypatch) -> None:
     """A pattern file loaded once with a cache is read back from it: the TOML parser is not used again."""
     import tomllib

@@ -107,8 +107,24 @@ class Pattern:
         except TimeoutError:
             return None
 
+    @cached_property
+    def literals(self) -> tuple[str, ...]:
+        """Pieces of plain text every match contains (see ``required_literals``), checked before the regex runs.
+
+        Most lines a pattern is tried on hold its anchor but are not its line (a dozen patterns share "MiB"); a
+        substring test turns most of them away for a fraction of a regex search. As a guard against a regex
+        this reading gets wrong, literals that one of the pattern's own examples lacks are not used.
+        """
+        found = () if self.ignore_case else required_literals(self.expression)
+        if any(lit not in ex.line for ex in self.examples for lit in found):
+            return ()
+        return found
+
     def fields(self, text: str, timeout: float = 0.05) -> dict[str, Any] | None:
         """Typed fields if ``text`` matches, else None; raises TimeoutError when the regex takes too long."""
+        for lit in self.literals:
+            if lit not in text:
+                return None
         m = self.regex.search(text, timeout=timeout)
         if m is None:
             return None
@@ -122,6 +138,86 @@ class Pattern:
             except ValueError:
                 continue
         return fields
+
+
+#: Characters with a meaning outside a character set, in the regex module's version 0 syntax.
+_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+
+
+def required_literals(expression: str) -> tuple[str, ...]:
+    """Runs of plain characters at the top level of ``expression``, which every match must contain.
+
+    Deliberately simple and conservative: it reads only the outermost sequence (groups, sets, classes and
+    escapes of letters end a run without being looked into; a quantifier takes back the character it applies
+    to), and gives nothing for a pattern with a top-level alternative or inline flags, which could change what
+    the plain characters mean. The two longest runs of at least 3 characters are kept.
+    """
+    if "(?" in expression and any(f"(?{f}" in expression for f in "aiLmsuxVbefrpw-#"):
+        return ()
+    runs: list[str] = []
+    run: list[str] = []
+    depth, i, n = 0, 0, len(expression)
+
+    def end() -> None:
+        if len(run) >= 3:
+            runs.append("".join(run))
+        run.clear()
+
+    while i < n:
+        c = expression[i]
+        if c == "\\":
+            nxt = expression[i + 1 : i + 2]
+            if depth == 0 and nxt and not nxt.isalnum() and not nxt.isspace():
+                run.append(nxt)
+            elif depth == 0:
+                end()
+            i += 2
+            if nxt in "xuUNpPg" or nxt.isdigit():
+                # An escape with an argument (\x41, \N{...}, \p{L}, \g<1>, \12): its argument is not text.
+                closer = {"{": "}", "<": ">"}.get(expression[i : i + 1])
+                if closer:
+                    i = expression.find(closer, i) + 1 or n
+                while i < n and expression[i].isalnum():
+                    i += 1
+            continue
+        if c == "[":
+            # Skip the set: a ']' first (or after '^') is a member; escapes inside are skipped whole.
+            if depth == 0:
+                end()
+            i += 1
+            if expression[i : i + 1] == "^":
+                i += 1
+            if expression[i : i + 1] == "]":
+                i += 1
+            while i < n and expression[i] != "]":
+                i += 2 if expression[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "(":
+            if depth == 0:
+                end()
+            depth += 1
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            if c == "|":
+                return ()
+            if c in "*?{" or (c == "+" and run):
+                # The character before a quantifier may be absent (or repeated): it leaves the run.
+                if run:
+                    run.pop()
+                end()
+                if c == "{":
+                    close = expression.find("}", i)
+                    i = n if close < 0 else close + 1
+                    continue
+            elif c in _SPECIAL:
+                end()
+            else:
+                run.append(c)
+        i += 1
+    end()
+    return tuple(sorted(runs, key=len, reverse=True)[:2])
 
 
 #: Regex timeouts after which a user's pattern is no longer tried, for the rest of the run.
