@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -72,15 +71,18 @@ def make_log(path: Path, mib: int) -> None:
 
 def child_cpu(cmd: list[str], stdin: Path | None = None,
               stdout: int | None = subprocess.DEVNULL) -> tuple[float, float, int]:
-    """(cpu seconds, wall seconds, peak RSS KiB) of one child run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """(cpu seconds, wall seconds, peak RSS KiB) of one child run, from that child's own rusage (wait4)."""
     t0 = time.perf_counter()
     with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as fin:
-        subprocess.run(cmd, stdin=fin, stdout=stdout, stderr=subprocess.DEVNULL, check=False)
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=stdout, stderr=subprocess.DEVNULL)
+        if proc.stdout is not None:
+            while proc.stdout.read(1 << 16):
+                pass
+            proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall, after.ru_maxrss
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
 
 
 NAIVE = """
