@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +69,8 @@ class Incident:
     def key(self) -> str:
         """Stable identity: the same failure of the same models on the same source dedupes."""
         parts = [self.kind, self.source, basename(self.model), basename(self.draft_model), self.device or ""]
+        import hashlib  # here, not at import: parsing a command line needs no hash
+
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
     @property

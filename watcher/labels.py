@@ -7,7 +7,6 @@ stable name (no directories, no dates or long numbers), ``server`` is the target
 
 from __future__ import annotations
 
-import hashlib
 import re
 from urllib.parse import urlsplit
 
@@ -46,6 +45,8 @@ def target_label(url: str) -> str:
         scheme, host, port = "unknown", "", None
     if scheme in _HOST_IS_ADDRESS and host:
         return f"{scheme}://{host}{f':{port}' if port else ''}"
+    import hashlib
+
     digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:8]
     return f"{scheme}://#{digest}"
 

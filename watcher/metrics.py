@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -360,6 +359,8 @@ class MetricsSink:
             stopper = threading.Thread(target=self.server.shutdown, daemon=True)
             stopper.start()
             if self.address is not None:
+                import socket
+
                 with contextlib.suppress(OSError):
                     socket.create_connection(self.address, timeout=0.5).close()
             stopper.join()

@@ -8,7 +8,6 @@ a target without tags receives everything. Tags written in an apprise config fil
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ class Target:
     @property
     def id(self) -> str:
         """Stable id of the target (the outbox stores this, never the URL with its token)."""
+        import hashlib
+
         return hashlib.sha256(self.url.encode()).hexdigest()[:16]
 
     @property
