@@ -31,6 +31,13 @@ def _user_catalogue(tmp_path: Path) -> cat.Catalogue:
     return cat.load([cat.default_dir(), f])
 
 
+def _seeded(p: cat.Pattern, regex: Any) -> cat.Pattern:
+    """A copy of ``p`` whose compiled regex (compiled on first use, then kept) is ``regex``."""
+    new = dataclasses.replace(p)
+    vars(new)["regex"] = regex
+    return new
+
+
 class _Counting:
     """The real compiled regex, counting its searches (the evaluations the test bounds)."""
 
@@ -47,7 +54,7 @@ def test_a_timing_out_user_pattern_is_tried_a_bounded_number_of_times(tmp_path: 
     """200 catastrophic lines cost GIVE_UP_AFTER regex evaluations, not 200; one warning, one 'disabled'."""
     loaded = _user_catalogue(tmp_path)
     counting = _Counting(next(p for p in loaded.patterns if p.id == "user.slow").regex)
-    patterns = tuple(dataclasses.replace(p, regex=counting) if p.id == "user.slow" else p for p in loaded.patterns)
+    patterns = tuple(_seeded(p, counting) if p.id == "user.slow" else p for p in loaded.patterns)
     said: list[str] = []
     catalogue = cat.Catalogue(patterns, loaded.files, SlowPatterns(said.append))
     classifier = Classifier(catalogue)
@@ -107,7 +114,7 @@ class _Descheduled:
 def test_a_timeout_without_cpu_spent_does_not_count_against_the_pattern(tmp_path: Path) -> None:
     """Only regex time really spent counts: a pattern is never disabled because the machine was busy."""
     loaded = _user_catalogue(tmp_path)
-    patterns = tuple(dataclasses.replace(p, regex=_Descheduled()) if p.id == "user.slow" else p
+    patterns = tuple(_seeded(p, _Descheduled()) if p.id == "user.slow" else p
                      for p in loaded.patterns)
     said: list[str] = []
     catalogue = cat.Catalogue(patterns, loaded.files, SlowPatterns(said.append))
