@@ -146,7 +146,7 @@ def test_a_line_whose_match_was_starved_is_still_recognised() -> None:
     classifier = Classifier(loaded)
     [target] = [p for p in classifier.candidates(line) if p.match(line) is not None]
     starved = _StarvedOnce(target.regex)
-    patterns = tuple(dataclasses.replace(p, regex=starved) if p.id == target.id else p for p in loaded.patterns)
+    patterns = tuple(_seeded(p, starved) if p.id == target.id else p for p in loaded.patterns)
     said: list[str] = []
     catalogue = cat.Catalogue(patterns, loaded.files, SlowPatterns(said.append))
     ev = Classifier(catalogue).classify(Record(line, 1, "server.log"))
