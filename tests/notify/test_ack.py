@@ -101,3 +101,27 @@ def test_acknowledged_message_text() -> None:
     assert "Lower --ctx-size-draft" not in body
     grouped, _ = message.render([item, {**item, "message": "opened", "id": "x"}], lambda t: t)
     assert grouped.startswith("specwatch: 1 open, 1 acknowledged speculative-decoding incidents")
+
+
+def test_an_opening_message_claimed_by_a_sender_that_died_is_not_sent_after_the_ack(receiver: Receiver,
+                                                                                    state: Path) -> None:
+    """An opening message left `sending` by a killed sender when the incident is acknowledged: the worker that
+    takes it over cancels it (acknowledged before it was sent) instead of telling the target of the failure."""
+    import socket
+    import subprocess
+
+    hook = parse(f"json://127.0.0.1:{receiver.port}/a")
+    record(state, [])
+    store = Store.open(state / "specwatch.db")
+    key = store.open_incidents()[0].key
+    ob = Outbox(store)
+    now = time.time()
+    ob.enqueue([(hook.id, hook.label)], key, 1, "opened", "critical", now)
+    dead = subprocess.Popen(["true"])  # noqa: S607 - its pid, once it has ended, is a sender that died
+    dead.wait()
+    assert len(ob.claim([hook.id], f"{socket.gethostname()}:{dead.pid}", now, 120)) == 1
+    ob.acknowledge([key], "", now)
+    store.close()
+    Worker(state / "specwatch.db", [hook], FAST).run_once()
+    assert receiver.bodies() == []
+    assert rows(state, "opened") == [(hook.label, "cancelled")]

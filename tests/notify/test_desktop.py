@@ -194,3 +194,48 @@ def test_grouped_bubble_lists_every_title_and_offers_acknowledge_once(session: d
     body = args[4].split('"\n   array [')[0]
     assert sorted(body.splitlines()[:3]) == sorted(f"• {i.title}" for i in incs)
     assert call.count('string "Acknowledge"') == 1
+
+
+def test_an_acknowledgement_cancels_the_opening_bubble_still_waiting_for_its_retry(
+        session: dict[str, str], tmp_path: Path) -> None:
+    """The first bubble failed and waits out its backoff when another process acknowledges: it is never shown
+    (no stale bubble of an acknowledged incident), and `notify list` says why it was not sent."""
+    state = tmp_path / "state"
+    db = state / "specwatch.db"
+    target = parse("specwatch://")
+    _record_only(db, [incident()])
+    store = Store.open(db)
+    key = store.open_incidents()[0].key
+    ob = Outbox(store)
+    now = time.time()
+    ob.enqueue([(target.id, target.label)], key, 1, "opened", "critical", now)
+    me = Worker(db, [target], Settings(repeat=0)).owner
+    # A first attempt that failed (the notification server was not up yet): due again in 10 s.
+    ids = [r.id for r in ob.claim([target.id], me, now, 120)]
+    ob.mark_failed(ids, me, now, "org.freedesktop.Notifications: no such name", 10, 300)
+    store.close()
+    e, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state)})
+    from watcher import cli
+
+    assert cli.run(["ack", "--all"], e) == 0  # another process: the end of the alert goes out now
+    w = Worker(db, [target], Settings(repeat=0), clock=lambda: now + 11)
+    w.run_once()  # the retry's turn
+    time.sleep(0.5)  # dunst shows a bubble within milliseconds of the Notify call
+    assert displayed(session) == 0
+    store = Store.open(db)
+    assert store.conn.execute("SELECT state, last_error FROM outbox WHERE kind = 'opened'").fetchall() == [
+        ("cancelled", "cancelled: acknowledged before it was sent")]
+    store.close()
+    e, out, _ = make_env({"SPECWATCH_STATE_DIR": str(state)})
+    assert cli.run(["notify", "list", "--notify", "specwatch://"], e) == 0
+    assert (f"  cancelled: opened {key[:8]} -> specwatch://: acknowledged before it was sent"
+            in out.getvalue().decode())
+
+
+def _record_only(db: Path, incidents: list) -> None:  # type: ignore[type-arg]
+    """A watcher with no target records ``incidents``."""
+    e, _, _ = make_env({})
+    sink = StoreSink(db, [], Settings(repeat=0), e, exit_grace=0)
+    for inc in incidents:
+        sink.incident(inc, "opened")
+    sink.close()

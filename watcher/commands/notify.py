@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         store = open_store(args, env)
         try:
             pending = Outbox(store).pending()
+            unsent = Outbox(store).unsent_for_ack()
         finally:
             store.close()
         shown = labeller(targets, redact)
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             env.stdout.write(f"  queued: {kind} {incident[:8]} -> {shown(label)}, {attempts} attempts, next "
                              f"{time.strftime('%H:%M:%S', time.localtime(due))}"
                              f"{': ' + redact(error) if error else ''}\n".encode())
+        for label, incident, kind in unsent:
+            env.stdout.write(f"  cancelled: {kind} {incident[:8]} -> {shown(label)}: acknowledged before it was "
+                             "sent\n".encode())
         return ExitStatus.OK
     if args.action == "test":
         failed = 0

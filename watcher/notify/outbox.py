@@ -184,10 +184,13 @@ class Outbox:
         out = Acknowledged()
 
         def then(c: sqlite3.Connection, inc: StoredIncident) -> None:
-            _cancel_repeats(c, inc.key)
+            # Read before the cancelling below: a target whose opening message is still waiting (a retry's
+            # backoff) may show something of the incident already (a bubble of another process), which the
+            # acknowledgement ends.
             announced = c.execute("SELECT DISTINCT target, label FROM outbox WHERE incident = ? AND generation = ? "
                                   "AND kind = 'opened' AND state != 'cancelled' ORDER BY id",
                                   (inc.key, inc.generation)).fetchall()
+            _cancel_unsent(c, inc.key)
             for target, label in announced:
                 if not plugins.wants(label, "acknowledged"):
                     continue
@@ -322,6 +325,14 @@ class Outbox:
                               f"({','.join('?' * len(targets))})", tuple(targets)).fetchone()
         return float(r[0]) if r and r[0] is not None else None
 
+    def unsent_for_ack(self) -> list[tuple[str, str, str]]:
+        """Messages of incidents still acknowledged that were cancelled because the acknowledgement came before
+        them: (label, incident, kind)."""
+        q = ("SELECT o.label, o.incident, o.kind FROM outbox o JOIN incidents i ON i.key = o.incident "
+             "AND i.generation = o.generation WHERE i.status = 'acknowledged' AND o.state = 'cancelled' "
+             "AND o.last_error = ? ORDER BY o.id")
+        return [(str(a), str(b), str(c)) for a, b, c in self.conn.execute(q, (ACKNOWLEDGED_FIRST,)).fetchall()]
+
     def pending(self, targets: Sequence[str] | None = None) -> list[tuple[int, str, str, str, int, str, float, str]]:
         """Undelivered rows: (id, label, incident, kind, attempts, state, due, last error)."""
         q = ("SELECT id, label, incident, kind, attempts, state, due, last_error FROM outbox "
@@ -331,6 +342,19 @@ class Outbox:
             q += f" AND target IN ({','.join('?' * len(targets))})"
             args = tuple(targets)
         return [tuple(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]
+
+
+#: Why an opening or repeat message was not sent (``notify list --all`` and the docs quote it).
+ACKNOWLEDGED_FIRST = "cancelled: acknowledged before it was sent"
+
+
+def _cancel_unsent(c: sqlite3.Connection, incident: str) -> int:
+    """An acknowledged incident's opening and repeat messages not yet sent are never sent: nobody needs telling
+    of a failure someone already acknowledged (and a bubble shown after the acknowledgement closed the others
+    would stay up). Rows in flight (``sending``) are checked again by the worker before it sends them."""
+    return int(c.execute("UPDATE outbox SET state = 'cancelled', last_error = ? WHERE incident = ? "
+                         "AND kind IN ('opened', 'repeat') AND state = 'pending'",
+                         (ACKNOWLEDGED_FIRST, incident)).rowcount)
 
 
 def _cancel_repeats(c: sqlite3.Connection, incident: str) -> int:

@@ -28,7 +28,7 @@ from watcher import db
 from watcher.notify import message, plugins
 from watcher.notify.contract import CURRENT, Delivery
 from watcher.notify.notes import Notes
-from watcher.notify.outbox import Outbox, Row, owner_id
+from watcher.notify.outbox import ACKNOWLEDGED_FIRST, Outbox, Row, owner_id
 from watcher.notify.redact import Redactor
 from watcher.notify.targets import Target
 from watcher.store import Store
@@ -209,6 +209,8 @@ class Worker:
             # Checked as late as possible, after the claim: the incident may have moved on since it was queued.
             if r.generation < inc.generation:
                 dropped[r.id] = f"superseded: the incident reopened as generation {inc.generation}"
+            elif r.kind in ("opened", "repeat") and inc.status == "acknowledged":
+                dropped[r.id] = ACKNOWLEDGED_FIRST
             elif r.kind == "repeat" and inc.status != "open":
                 dropped[r.id] = f"not repeated: the incident is {inc.status}"
             else:
