@@ -214,3 +214,33 @@ def test_the_worker_database_is_safe_from_two_threads(tmp_path: Path, hook: Hook
     assert errors == [] and logs == []
     assert _states(db) == ["sent"] * 150
     assert len(set(hook.keys())) == len(hook.keys())
+
+
+def test_a_pass_over_slow_targets_renews_the_lease_before_each_send(tmp_path: Path, hook: Hook) -> None:
+    """One pass whose first target answers after the lease ran out: the second target's message, taken over by
+    another sender meanwhile, is sent by that sender only, not a second time by the first."""
+    db = tmp_path / "specwatch.db"
+    other = Hook()
+    slow, second = Target(hook.url), Target(other.url)
+    now = [time.time()]
+    first = Worker(db, [slow, second], FAST, clock=lambda: now[0])
+    elsewhere = Worker(db, [second], FAST, clock=lambda: now[0])
+    elsewhere.owner = "another-host:1"  # another process, alive: it may take over only an expired lease
+
+    def slow_answer() -> None:
+        now[0] += FAST.lease + 1  # this target took longer than the lease
+        elsewhere.run_once()
+
+    hook.on_post = slow_answer
+    _queue(db, slow, 0, now[0])
+    _queue(db, second, 1, now[0])
+    try:
+        first.run_once()
+    finally:
+        first.close()
+        elsewhere.close()
+        other.server.shutdown()
+        other.server.server_close()
+    assert len(hook.posts) == 1
+    assert len(other.posts) == 1
+    assert _states(db) == ["sent", "sent"]

@@ -3,8 +3,9 @@
 Rows are inserted with ``INSERT OR IGNORE`` on that unique key, so however many processes see the same
 incident, each message exists once. A worker *claims* due rows by setting ``state = 'sending'`` with a lease
 (owner ``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row;
-it then marks them ``sent`` (or back to ``pending`` with an exponential backoff) only if it still holds the
-lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
+it renews the lease of a target's rows just before sending them (one pass over many slow targets may outlast
+the first lease) and skips any another process took over meanwhile; it then marks them ``sent`` (or back to
+``pending`` with an exponential backoff) only if it still holds the lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
 expires, or at once when the owner is a process of this host that no longer exists; a worker takes back its
 own rows whose lease expired (an outcome it could not write, a thread that died). While another live
 process is sending a row of an incident to a target, no other row of that incident and target is claimed,
@@ -290,6 +291,16 @@ class Outbox:
                           "attempts = attempts + 1 WHERE id = ?", (owner, now + lease, rid))
                 taken.append(Row(rid, target, incident, gen, kind, seq, attempts + 1))
         return taken
+
+    def renew(self, ids: Sequence[int], owner: str, now: float, lease: float) -> list[int]:
+        """Extend the lease of the rows this owner still holds, just before sending them; returns those rows.
+
+        One pass may send to many slow targets, each up to apprise's timeouts: the lease taken at the claim
+        may run out before the last target's turn, and another process may take its rows over. A row not
+        returned here is no longer this owner's to send."""
+        with self.store.transaction() as c:
+            return [i for i in ids if c.execute("UPDATE outbox SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                                                "AND state = 'sending'", (now + lease, i, owner)).rowcount]
 
     def mark_sent(self, ids: Sequence[int], owner: str, now: float) -> int:
         """Delivered: only rows this owner still leases (a taken-over lease is not marked twice)."""

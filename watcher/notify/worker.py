@@ -193,10 +193,21 @@ class Worker:
         with self._lock:
             known = set(self._unmarked)
         rows = ob.claim(list(self.by_id), self.owner, now, self.settings.lease, only, skip=known)
+        claimed_until = now + self.settings.lease
         results = []
         for target_id in dict.fromkeys(r.target for r in rows):
             mine = [r for r in rows if r.target == target_id]
-            results.append(self._deliver(store, ob, self.by_id[target_id], mine))
+            # The targets before this one may have taken longer than the lease: renew it, and leave any row
+            # another process took over meanwhile to that process.
+            try:
+                held = set(ob.renew([r.id for r in mine], self.owner, self.clock(), self.settings.lease))
+            except sqlite3.OperationalError:
+                if self.clock() >= claimed_until:
+                    continue  # cannot tell whether another process has them: ours again once expired
+                held = {r.id for r in mine}
+            mine = [r for r in mine if r.id in held]
+            if mine:
+                results.append(self._deliver(store, ob, self.by_id[target_id], mine))
         return results
 
     def _deliver(self, store: Store, ob: Outbox, target: Target, rows: list[Row]) -> Result:
