@@ -182,7 +182,11 @@ def test_the_message_id_is_per_message(tmp_path: Path, hook: Hook) -> None:
         worker.run_once()
         own = Target(hook.url + "?+Idempotency-Key=mine")
         _queue(db, own, 2)
-        Worker(db, [own], FAST).run_once()
+        another = Worker(db, [own], FAST)
+        try:
+            another.run_once()
+        finally:
+            another.stop()
     finally:
         worker.stop()
     keys = hook.keys()

@@ -149,7 +149,9 @@ def test_a_pipe_passes_output_and_shows_banners_while_the_database_is_locked(db:
     out, _ = proc.communicate(timeout=60)
     assert out == log
     assert proc.returncode == 0
-    assert len(Store.open(db).open_incidents()) == 2
+    store = Store.open(db)
+    assert len(store.open_incidents()) == 2
+    store.close()
 
 
 def test_watch_starts_and_warns_while_the_database_is_locked(db: Path, tmp_path: Path) -> None:
@@ -175,7 +177,9 @@ def test_watch_starts_and_warns_while_the_database_is_locked(db: Path, tmp_path:
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest.decode()
     assert b"Traceback" not in seen + rest
-    assert len(Store.open(db).open_incidents()) == 2
+    store = Store.open(db)
+    assert len(store.open_incidents()) == 2
+    store.close()
 
 
 @pytest.fixture(params=["garbage file", "directory in its place", "state dir is a file"])
@@ -304,3 +308,10 @@ def test_at_exit_a_store_locked_past_the_wait_is_said_with_the_count_of_changes_
     wait_for(lambda: sink.refused >= 1 and sink.queue.empty(), "the changes refused by the lock")
     sink.close()
     assert f"2 incident changes could not be recorded: the incident store {db} still refuses writes" in err.getvalue()
+    # The recorder is still retrying: let it finish here, not behind a later test's back.
+    lock.execute("ROLLBACK")
+    sink.recorder.join(timeout=30)
+    assert not sink.recorder.is_alive()
+    store = Store.open(db)
+    assert len(store.open_incidents()) == 2
+    store.close()
