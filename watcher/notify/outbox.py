@@ -1,19 +1,22 @@
 """The outbox: one row per (target, incident, generation, kind of message, repeat number).
 
-Rows are inserted with ``INSERT OR IGNORE`` on that unique key, so however many processes see the same
-incident, each message exists once. A worker *claims* due rows by setting ``state = 'sending'`` with a lease
-(owner ``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row;
-it renews the lease of a target's rows just before sending them (one pass over many slow targets may outlast
-the first lease) and skips any another process took over meanwhile; it then marks them ``sent`` (or back to
-``pending`` with an exponential backoff) only if it still holds the lease. A worker killed with -9 leaves rows ``sending``: another worker takes them over as soon as the lease
-expires, or at once when the owner is a process of this host that no longer exists; a worker takes back its
-own rows whose lease expired (an outcome it could not write, a thread that died). While another live
-process is sending a row of an incident to a target, no other row of that incident and target is claimed,
-so an incident's messages reach a target in order (an acknowledgement never overtakes a repeat in flight).
+Rows are inserted with ``INSERT OR IGNORE`` on that unique key, so however many processes see the same incident,
+each message exists once. A worker *claims* due rows by setting ``state = 'sending'`` with a lease (owner
+``host:pid``, expiry) in one ``BEGIN IMMEDIATE`` transaction, so two workers never send the same row; it renews
+the lease of a target's rows just before sending them (one pass over many slow targets may outlast the first
+lease) and skips any another process took over meanwhile; it then marks them ``sent`` (or back to ``pending``
+with an exponential backoff) only if it still holds the lease. A worker killed with -9 leaves rows ``sending``:
+another worker takes them over as soon as the lease expires, or at once when the owner is a process of this host
+that no longer exists; a worker takes back its own rows whose lease expired (an outcome it could not write, a
+thread that died). While another live process is sending a row of an incident to a target, no other row of that
+incident and target is claimed, so an incident's messages reach a target in order (an acknowledgement never
+overtakes a repeat in flight).
 
-Messages belong to a generation of their incident: when it reopens, the rows of older generations still
-pending are cancelled in the reopening transaction, and the worker cancels (instead of sending) any it had
-already claimed, so an old ``acknowledged`` or ``resolved`` message never ends the new alert.
+Messages belong to a generation of their incident: when it reopens, the rows of older generations still pending
+are cancelled in the reopening transaction, and the worker cancels (instead of sending) any it had already
+claimed, so an old ``acknowledged`` or ``resolved`` message never ends the new alert. An acknowledgement cancels
+its incident's opening and repeat messages not yet sent, for every target, in the acknowledging transaction (the
+worker checks the ones it had already claimed again before sending).
 """
 
 from __future__ import annotations
