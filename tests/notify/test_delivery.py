@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.notify.conftest import Receiver, incident, make_env
 from watcher import cli
+from watcher.notify.notes import Notes
 from watcher.notify.sink import StoreSink
 from watcher.notify.targets import parse
 from watcher.notify.worker import Settings, Worker
@@ -153,3 +156,18 @@ def test_notify_list_and_test_redact(receiver: Receiver, state: Path) -> None:
     assert "SuperSecretToken123" not in text and "Sekrit99" not in text
     assert "ok      mmost://127.0.0.1" in text and "FAILED  json://user:****@127.0.0.1:9/****" in text
     assert receiver.bodies()[0]["text"].startswith("specwatch test")
+
+
+def test_notes_take_raises_the_error_that_rolled_its_transaction_back(tmp_path: Path) -> None:
+    """A failure that rolls the whole transaction back (as a full disk does) is raised as itself, not hidden
+    behind a failed ROLLBACK's "no transaction is active"."""
+    db = tmp_path / "specwatch.db"
+    notes = Notes(db, "t")
+    notes.add(["i"], "server:1")
+    conn = sqlite3.connect(str(db))
+    conn.execute("CREATE TRIGGER full BEFORE DELETE ON plugin_notes BEGIN SELECT RAISE(ROLLBACK, "
+                 "'database or disk is full'); END")
+    conn.commit()
+    conn.close()
+    with pytest.raises(sqlite3.Error, match="database or disk is full"):
+        notes.take(["i"])

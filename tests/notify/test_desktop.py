@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from tests.notify.conftest import incident, make_env
 from watcher.notify import desktop
+from watcher.notify.notes import Notes
 from watcher.notify.outbox import Outbox
 from watcher.notify.sink import StoreSink
 from watcher.notify.targets import parse
@@ -239,3 +241,33 @@ def _record_only(db: Path, incidents: list) -> None:  # type: ignore[type-arg]
     for inc in incidents:
         sink.incident(inc, "opened")
     sink.close()
+
+
+def test_a_bubble_whose_note_cannot_be_kept_is_delivered_once_and_the_failure_said(
+        session: dict[str, str], tmp_path: Path) -> None:
+    """The bubble is shown but the database refuses its note (disk full): the message counts as sent, no second
+    bubble follows at the retry, and the log says the bubble cannot be closed by another process."""
+    db = tmp_path / "state" / "specwatch.db"
+    target = parse("specwatch://")
+    _record_only(db, [incident()])
+    Notes(db, target.id).take(["none"])  # creates the notes table, to which the disk-full trigger is added
+    conn = sqlite3.connect(str(db))
+    conn.execute("CREATE TRIGGER full BEFORE INSERT ON plugin_notes BEGIN SELECT RAISE(FAIL, "
+                 "'database or disk is full'); END")
+    conn.commit()
+    conn.close()
+    store = Store.open(db)
+    row = store.open_incidents()[0]
+    Outbox(store).enqueue([(target.id, target.label)], row.key, row.generation, "opened", row.severity, time.time())
+    store.close()
+    logs: list[str] = []
+    now = [time.time()]
+    w = Worker(db, [target], Settings(repeat=0), clock=lambda: now[0], log=logs.append)
+    assert [r.ok for r in w.run_once()] == [True]
+    now[0] += 3600  # past any retry's backoff
+    assert w.run_once() == []
+    assert wait_for(lambda: displayed(session) == 1)
+    time.sleep(0.5)  # a second bubble would be up within milliseconds
+    assert displayed(session) == 1
+    assert logs == ["specwatch: specwatch://: the bubble is shown, but its id could not be kept (database or disk "
+                    "is full): an acknowledgement by another process will not close it"]

@@ -75,6 +75,10 @@ def _same(text: str) -> str:
     return text
 
 
+def _ignore(text: str) -> None:
+    del text
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One message being delivered to one target."""
@@ -88,6 +92,9 @@ class Delivery:
     redact: Callable[[str], str] = field(default=_same)
     #: None outside specwatch's worker.
     notes: Notes | None = None
+    #: Told of a problem that does not make the delivery fail (the message was shown, but its note could not
+    #: be kept): the worker writes it with its retry lines.
+    warn: Callable[[str], None] = field(default=_ignore)
 
     @property
     def kind(self) -> str:

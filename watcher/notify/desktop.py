@@ -22,6 +22,7 @@ URL options: ``specwatch://?ack=no`` hides the button.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -122,9 +123,6 @@ class FreedesktopClient:
                                title, _markup(body), actions, hints, timeout))
         reply = self.router.send_and_get_reply(msg, timeout=5)
         nid = int(reply.body[0])
-        if not resolved and delivery.notes is not None and ids:
-            # Kept in the store, so a later process's acknowledgement can close it after this one is gone.
-            delivery.notes.add(ids, f"{self.bus_owner}:{nid}")
         with self.lock:
             for i in ids:
                 self.bubbles[i] = nid
@@ -132,6 +130,14 @@ class FreedesktopClient:
             if resolved:
                 for i in ids:
                     self.bubbles.pop(i, None)
+        if not resolved and delivery.notes is not None and ids:
+            # Kept in the store, so a later process's acknowledgement can close it after this one is gone.
+            try:
+                delivery.notes.add(ids, f"{self.bus_owner}:{nid}")
+            except sqlite3.Error as exc:
+                # The bubble is up: the delivery succeeded (failing it would show a second bubble at the retry).
+                delivery.warn(f"the bubble is shown, but its id could not be kept ({exc}): an acknowledgement "
+                              "by another process will not close it")
         return nid
 
     def _listen(self) -> None:

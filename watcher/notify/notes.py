@@ -65,7 +65,7 @@ class Notes:
                              (self.target, *incidents))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                db.rollback(conn)  # a full disk has rolled back already: a ROLLBACK would hide its error
                 raise
         finally:
             conn.close()

@@ -238,7 +238,8 @@ class Worker:
         items = [{**i, "message_id": message_id([(str(i["id"]), int(i["generation"]), str(i["message"]),
                                                    int(i["repeat"]))])} for i in items]
         delivery = Delivery(target.id, title, body, message.severity_of(items), tuple(items),
-                            self.acknowledge, self.redact, Notes(self.db_path, target.id))
+                            self.acknowledge, self.redact, Notes(self.db_path, target.id),
+                            lambda text: self.log(f"specwatch: {target.label}: {self.redact(text)}"))
         res = send(target, title, body, delivery, self.redact, key)
         res.rows = ids
         if self.on_result is not None:
