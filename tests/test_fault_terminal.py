@@ -274,3 +274,86 @@ class TestTerminalWriter:
         finally:
             os.close(s)
             os.close(m)
+
+
+#: A command's stderr behind the writer, a background thread that fails, then (told on stdin that the terminal
+#: takes output again) the end of the command, which writes what is queued.
+THREAD_FAILS = """
+import io, sys, threading
+from watcher.commands._common import terminal
+from watcher.environment import Environment
+
+env = Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=sys.stderr, environ={})
+with terminal(env, wait=30):
+    t = threading.Thread(target=lambda: 1 / 0, name="specwatch-notify")
+    t.start()
+    t.join(10)
+    print("blocked" if t.is_alive() else "ended", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_thread_that_fails_on_a_paused_terminal_does_not_block_and_its_traceback_comes_later() -> None:
+    """An uncaught exception in a background thread while stderr is paused: the thread ends at once (its
+    traceback is queued by the writer, not written by Python straight to the terminal), and the traceback is
+    shown once the terminal takes output again."""
+    master, slave = os.openpty()
+    termios.tcflow(slave, termios.TCOOFF)
+    # Fill what the pty takes before a write blocks, as a chatty server would have.
+    os.set_blocking(slave, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(slave, b"." * 4096)
+    os.set_blocking(slave, True)
+    proc = subprocess.Popen([sys.executable, "-c", THREAD_FAILS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=slave, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"ended\n"
+        termios.tcflow(slave, termios.TCOON)
+        proc.stdin.write(b"go on\n")
+        proc.stdin.flush()
+        shown = b""
+
+        def traceback_shown() -> bool:
+            nonlocal shown
+            if select.select([master], [], [], 0.1)[0]:
+                shown += os.read(master, 1 << 16)
+            return b"ZeroDivisionError" in shown
+
+        wait_for(traceback_shown, "the thread's traceback on the terminal", limit=30)
+        assert b"Exception in thread specwatch-notify:" in shown
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(slave)
+        os.close(master)
+
+
+def test_a_runner_hook_still_hears_of_a_thread_exception_routed_through_the_writer() -> None:
+    """With the writer's hook installed, a hook installed before it (pytest's, which fails the test) still gets
+    the exception, the traceback is queued on the writer, and leaving restores the earlier hook."""
+    heard: list[type[BaseException]] = []
+    before = threading.excepthook
+
+    def runner_hook(args: threading.ExceptHookArgs) -> None:
+        heard.append(args.exc_type)
+
+    out = io.StringIO()
+    term = TerminalWriter(out)
+    threading.excepthook = runner_hook
+    try:
+        with term.thread_exceptions():
+            t = threading.Thread(target=lambda: 1 / 0, name="worker")
+            t.start()
+            t.join()
+        assert threading.excepthook is runner_hook
+    finally:
+        threading.excepthook = before
+    assert term.drain(10)
+    term.close()
+    assert heard == [ZeroDivisionError]
+    assert out.getvalue().startswith("Exception in thread worker:\nTraceback")
+    assert "ZeroDivisionError: division by zero" in out.getvalue()

@@ -8,6 +8,8 @@ import io
 import os
 import select
 import threading
+import traceback
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from watcher import report
@@ -66,6 +68,31 @@ class TerminalWriter(io.TextIOBase):
             self._queued += len(s)
             self._cond.notify_all()
         return len(s)
+
+    @contextlib.contextmanager
+    def thread_exceptions(self) -> Iterator[None]:
+        """While inside, an exception no thread caught is written through this writer.
+
+        Python's own hook writes the traceback straight to ``sys.stderr``: on a paused terminal the thread
+        that failed would block there for good (holding whatever it holds). A hook installed before (a test
+        runner's, which records the error to fail the test) is still called, so nothing is hidden.
+        """
+        previous = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            if args.exc_type is not SystemExit:  # as Python's own hook: a thread's SystemExit is silent
+                name = args.thread.name if args.thread is not None else threading.get_ident()
+                self.write(f"Exception in thread {name}:\n" + "".join(
+                    traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+            if previous is not threading.__excepthook__:
+                previous(args)
+
+        threading.excepthook = hook
+        try:
+            yield
+        finally:
+            if threading.excepthook is hook:
+                threading.excepthook = previous
 
     def flush(self) -> None:
         """Nothing to do: the writer thread writes as soon as it can (see ``drain``)."""

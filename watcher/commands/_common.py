@@ -60,7 +60,8 @@ def terminal(env: Environment, wait: float = TERMINAL_WAIT) -> Iterator[Environm
     """
     term = TerminalWriter(env.stderr)
     try:
-        yield dataclasses.replace(env, stderr=cast(TextIO, term))
+        with term.thread_exceptions():
+            yield dataclasses.replace(env, stderr=cast(TextIO, term))
     finally:
         term.drain(wait)
         term.close()
