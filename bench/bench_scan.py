@@ -130,7 +130,8 @@ def main() -> int:
     for p, m in ((log, args.size), (small, args.naive_size)):
         if not p.exists():
             make_log(p, m)
-    anchors = catalogue.load().anchors
+    # Every literal specwatch looks for, the tallied patterns' too (the framer searches their lines in bulk).
+    anchors = tuple(dict.fromkeys(a for p in catalogue.load().patterns for a in p.anchors))
     grep_re = "|".join(a.replace("\\", "\\\\").replace(".", "\\.").replace("[", "\\[").replace("(", "\\(")
                        .replace("|", "\\|").replace("*", "\\*").replace("+", "\\+").replace("?", "\\?")
                        for a in anchors)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from watcher import catalogue as cat
 from watcher.classify import HOST_MARKER, Classifier
-from watcher.events import Record
+from watcher.events import Record, Tally
 from watcher.framing import Framer, LineSelector
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -38,7 +38,10 @@ def _classify(line: str) -> tuple[str | None, dict[str, Any]]:
 
 
 def _claimed(p: cat.Pattern, line: str) -> bool:
-    """``line`` is ``p``'s event, or ``p`` marks a host and the line's event (another pattern's) carries it."""
+    """``line`` is ``p``'s event, or ``p`` marks a host and the line's event (another pattern's) carries it; a
+    tallied pattern's line is its own first among every match and its tally regex finds the value."""
+    if p.tally_field:
+        return CLASSIFIER.matches(Record(line, 1))[:1] == [p] and bool(p.tally_regex.findall(line.encode()))
     pid, fields = _classify(line)
     if pid == p.id:
         return True
@@ -58,6 +61,8 @@ def test_example_matches_its_own_pattern_first(item: tuple[cat.Pattern, cat.Exam
     marker's example may be another pattern's event, as long as that event carries the marker's host."""
     p, ex = item
     pid, fields = _classify(ex.line)
+    if p.tally_field:
+        pid, fields = p.id, p.match(ex.line) or {}
     assert _claimed(p, ex.line), f"{ex.line!r} is claimed by {pid}, not {p.id}"
     for name, value in ex.fields.items():
         assert fields.get(name) == value, f"{p.id}: field {name} = {fields.get(name)!r}, expected {value!r}"
@@ -68,10 +73,14 @@ def test_example_contains_an_anchor_and_passes_the_prefilter(item: tuple[cat.Pat
     """The prefilter cannot drop an example: it holds one of its pattern's anchors and the framer selects it."""
     p, ex = item
     assert any(a in ex.line for a in p.anchors), f"{p.id}: no anchor of {p.anchors} in {ex.line!r}"
-    framer = Framer(LineSelector(CATALOGUE.anchors))
+    framer = Framer(LineSelector(CATALOGUE.anchors), tallies=CATALOGUE.tallies)
     noise = b"llama_model_loader: - kv   0: general.architecture str = llama\n"
     records = framer.feed(noise + ex.line.encode() + b"\n" + noise)
-    assert ex.line in [r.text for r in records]
+    if p.tally_field:  # never a record: the framer tallies it, with the example's value
+        tallies = [r for r in records if isinstance(r, Tally) and r.pattern == p.id]
+        assert [t.values for t in tallies] == [(int(ex.fields.get(p.tally_field, tallies[0].values[0])),)]
+        return
+    assert ex.line in [r.text for r in records if isinstance(r, Record)]
 
 
 @pytest.mark.parametrize("item", ALL_EXAMPLES, ids=[_id(i) for i in ALL_EXAMPLES])
@@ -108,6 +117,9 @@ def test_trailing_text_keeps_the_event_type(item: tuple[cat.Pattern, cat.Example
     """Text appended after a recognised line does not turn it into nothing (unless the pattern is end-anchored)."""
     p, ex = item
     if "$" in p.regex.pattern:
+        return
+    if p.tally_field:  # tallied, never classified: the framer must still find its value
+        assert p.tally_regex.findall((ex.line + " " + tail).encode())
         return
     pid, _ = _classify(ex.line + " " + tail)
     assert pid is not None

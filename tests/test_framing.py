@@ -145,3 +145,51 @@ class TestHostileInput:
         f = Framer(SELECTOR, max_line=64)
         got = records(f, [b"progress 10%\r" * 20 + b"draft failed to load\r" + b"progress\r" * 20])
         assert any("draft failed to load" in t for _, t in got)
+
+
+# --- tallied lines (one per finished task): counted in bulk, never records -------------------------------------
+
+def _tallied_catalogue():  # type: ignore[no-untyped-def]
+    from watcher import catalogue
+
+    return catalogue.load()
+
+
+RELEASE = "slot      release: id  {s} | task {t} | stop processing: n_tokens = {n}, truncated = 0\n"
+OTHER = ["E failed to load draft model\n", "srv  update_slots: all slots are idle\n"]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.integers(min_value=0, max_value=99999), st.sampled_from(OTHER)), max_size=40),
+       st.lists(st.integers(min_value=0), max_size=6))
+def test_tallies_do_not_depend_on_chunking_and_keep_the_log_order(items: list, cuts: list[int]) -> None:  # type: ignore[type-arg]
+    """Every release line's size is tallied once, in order, however the bytes are cut; a tally comes before the
+    record printed after it, and the tallied lines are never records."""
+    from watcher.events import Record, Tally
+
+    cat = _tallied_catalogue()
+    lines = [RELEASE.format(s=i % 4, t=i, n=x) if isinstance(x, int) else x for i, x in enumerate(items)]
+    data = "".join(lines).encode()
+    f = Framer(LineSelector(cat.anchors), tallies=cat.tallies)
+    out: list[Record | Tally] = []
+    for piece in split(data, cuts):
+        out.extend(f.feed(piece))
+    out.extend(f.flush())
+    order: list[object] = []
+    for item in out:
+        if isinstance(item, Tally):
+            order.extend(item.values)
+        else:
+            assert "stop processing" not in item.text
+            order.append(item.text)
+    expected = [x if isinstance(x, int) else x.rstrip("\n") for x in items
+                if isinstance(x, int) or any(a in x for a in cat.anchors)]
+    assert order == expected
+
+
+def test_a_tallied_line_is_still_matched_line_by_line_where_every_line_is_a_record() -> None:
+    """Without a selector (``patterns test``) nothing is tallied: the release line is a record like any other."""
+    cat = _tallied_catalogue()
+    f = Framer(None, tallies=cat.tallies)
+    got = f.feed(RELEASE.format(s=0, t=1, n=31).encode())
+    assert [type(r).__name__ for r in got] == ["Record"]

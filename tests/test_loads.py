@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -471,3 +472,20 @@ def test_models_and_budget_show_rs_apart(cat: cat_mod.Catalogue) -> None:
     assert res.status == 1, res.out
     assert f"  make room: {model}: --parallel 4 -> 2 (-c 8,192 unchanged, shared by the slots) frees 898 MiB" \
         in res.out
+
+
+def test_task_sizes_are_tallied_not_classified(cat: cat_mod.Catalogue) -> None:
+    """The ledger gets every finished task's size from the framer's tally, as many as the log has release lines,
+    and none of those lines reaches the classifier."""
+    log = ENGINE / "spec-parallel-4-verbose.log"
+    sizes = [int(m) for m in re.findall(r"stop processing: n_tokens = (\d+)", log.read_text())]
+    seen: list[str] = []
+    recs: dict[str, dict[str, Any]] = {}
+    a = Analyzer(cat, source="log", on_load=lambda r: recs.__setitem__(r["key"], r), host="box",
+                 on_event=lambda ev: seen.append(ev.pattern))
+    a.feed(log.read_bytes())
+    a.finish()
+    assert sizes and "srv.slot_release" not in seen
+    assert a.counters.by_pattern["srv.slot_release"] == len(sizes)
+    (rec,) = recs.values()
+    assert sorted(rec["task_tokens"]) == sorted(sizes)

@@ -47,7 +47,7 @@ _GROUP = re.compile(r"\(\?P?<([A-Za-z_]\w*)>")
 SCHEMA_VERSION = 1
 _KNOWN_KEYS = {
     "id", "event", "anchor", "regex", "examples", "near_misses", "set", "since", "until",
-    "level", "source", "note", "flags", "generic",
+    "level", "source", "note", "flags", "generic", "tally",
 }
 
 
@@ -89,6 +89,16 @@ class Pattern:
     ignore_case: bool = False
     #: Where the pattern was defined ("file: pattern 'id'"), for the message of a regex that does not compile.
     where: str = field(default="", compare=False)
+    #: A line so frequent (one per finished task) that it is tallied, not classified: the framer runs
+    #: ``tally_expression`` (bytes, one group) over whole stretches of a chunk and hands on the values of the
+    #: field ``tally_field`` in bulk. Its anchor stays out of the prefilter, so the line costs no Python call.
+    tally_field: str = ""
+    tally_expression: str = ""
+
+    @cached_property
+    def tally_regex(self) -> re.Pattern[bytes]:
+        """The compiled tally regex (stdlib ``re``: a literal-led search over megabytes runs at memchr speed)."""
+        return re.compile(self.tally_expression.encode())
 
     @cached_property
     def regex(self) -> regex.Pattern[str]:
@@ -315,12 +325,20 @@ class Catalogue:
 
     @property
     def anchors(self) -> tuple[str, ...]:
-        """Every distinct anchor, in first-seen order."""
+        """Every distinct anchor of the patterns that are classified line by line, in first-seen order (a
+        tallied pattern's lines are counted in bulk by the framer, never selected)."""
         seen: dict[str, None] = {}
         for p in self.patterns:
+            if p.tally_field:
+                continue
             for a in p.anchors:
                 seen.setdefault(a, None)
         return tuple(seen)
+
+    @property
+    def tallies(self) -> tuple[Pattern, ...]:
+        """The patterns whose lines the framer tallies in bulk."""
+        return tuple(p for p in self.patterns if p.tally_field)
 
     def by_anchor(self) -> dict[str, tuple[Pattern, ...]]:
         """Patterns indexed by each of their anchors, catalogue order kept."""
@@ -521,6 +539,7 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
         raise CatalogueError(f"{where}: key 'set' must be a table")
     if "cause" in constants and constants["cause"] not in CAUSES:
         raise CatalogueError(f"{where}: key 'set': unknown cause {constants['cause']!r} (see watcher/events.py CAUSES)")
+    tally_field, tally_expression = _tally(where, entry.get("tally"), source, examples)
     return Pattern(
         id=pid,
         event=event,
@@ -539,7 +558,32 @@ def _compile(fname: str, n: int, origin: str, entry: dict[str, Any], shipped: bo
         shipped=shipped,
         ignore_case="i" in str(entry.get("flags", "")),
         where=where,
+        tally_field=tally_field,
+        tally_expression=tally_expression,
     )
+
+
+def _tally(where: str, raw: Any, source: str, examples: tuple[Example, ...]) -> tuple[str, str]:
+    """``(field, regex)`` of a ``tally = { field = ..., regex = ... }`` table, checked against the examples."""
+    if raw is None:
+        return "", ""
+    if not isinstance(raw, dict) or set(raw) != {"field", "regex"}:
+        raise CatalogueError(f"{where}: key 'tally': a table {{ field = ..., regex = ... }}")
+    name, expression = str(raw["field"]), str(raw["regex"])
+    if name not in set(_GROUP.findall(source)) or FIELD_TYPES.get(name) is not int:
+        raise CatalogueError(f"{where}: key 'tally': field {name!r} must be an integer field of the pattern's regex")
+    try:
+        rx = re.compile(expression.encode())
+    except re.error as exc:
+        raise CatalogueError(f"{where}: key 'tally': {exc}") from exc
+    if rx.groups != 1:
+        raise CatalogueError(f"{where}: key 'tally': the regex needs exactly one group (the field's digits)")
+    for ex in examples:
+        found = rx.findall(ex.line.encode())
+        if name in ex.fields and found != [str(ex.fields[name]).encode()]:
+            raise CatalogueError(f"{where}: key 'tally': finds {found!r} in an example whose {name} is "
+                                 f"{ex.fields[name]!r}")
+    return name, expression
 
 
 def _expand(source: str) -> str:

@@ -54,6 +54,8 @@ class Classifier:
         raw, record = record, self.unwrap(record)
         candidates = self.candidates(record.text)
         for p in candidates:
+            if p.tally_field:
+                continue  # the framer tallies its lines in bulk; classified too, they would count twice
             fields = self._try(p, record)
             if fields is not None:
                 if "cause" not in fields and fields.get("reason"):

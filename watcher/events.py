@@ -180,6 +180,23 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """The values of one tallied pattern's field in a stretch of lines, in the order they were printed.
+
+    A tallied line (one per finished task) is never a record of its own: counting it line by line from Python
+    would cost more than everything else specwatch does on a verbose log. ``lineno`` is the last line of the
+    stretch, so a tally comes before the record that follows it.
+    """
+
+    pattern: str
+    event: str
+    field: str
+    values: tuple[int, ...]
+    lineno: int
+    source: str = "-"
+
+
+@dataclass(frozen=True)
 class Event:
     """A recognised line: the event type its pattern yields, the typed fields it captured."""
 

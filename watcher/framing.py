@@ -9,11 +9,15 @@ hit are decoded. Everything else is never looked at byte by byte from Python.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import ahocorasick_rs
 
-from watcher.events import Record
+from watcher.events import Record, Tally
+
+if TYPE_CHECKING:
+    from watcher.catalogue import Pattern
 
 #: What is analysed of one line; longer lines are cut (the bytes still pass through untouched).
 MAX_LINE = 16 * 1024
@@ -66,25 +70,28 @@ class Framer:
     progress bars redrawn with CR do not glue messages together.
     """
 
-    def __init__(self, selector: LineSelector | None = None, source: str = "-", max_line: int = MAX_LINE) -> None:
+    def __init__(self, selector: LineSelector | None = None, source: str = "-", max_line: int = MAX_LINE,
+                 tallies: Sequence[Pattern] = ()) -> None:
         self.selector = selector
         self.source = source
         self.max_line = max_line
+        # Tallied only behind a selector: without one every line is a record and is classified as such.
+        self._tallies = [(p, p.tally_regex) for p in tallies] if selector is not None else []
         self.lines = 0  # complete lines consumed so far
         self._pending = b""  # the unfinished CR piece of the unfinished line (its first max_line bytes)
         self._skipping = False  # that piece is over-long: its bytes are discarded until CR or LF
         self._open = False  # the unfinished line has had pieces emitted (it counts at EOF even if empty now)
 
-    def feed(self, chunk: bytes) -> list[Record]:
+    def feed(self, chunk: bytes) -> list[Record | Tally]:
         """Records for every line completed by ``chunk``; a partial last line waits for its end."""
-        out: list[Record] = []
+        out: list[Record | Tally] = []
         pos = 0
         if self._skipping:
             nl = chunk.find(b"\n")
             cr = chunk.find(b"\r", 0, nl if nl >= 0 else len(chunk))
             if cr >= 0:
                 # The over-long piece ends at a CR: its head is analysed, and the line goes on after it.
-                out = self._records([self._pending], self.lines + 1, check=True)
+                out = [*self._records([self._pending], self.lines + 1, check=True)]
                 self._pending, self._skipping, self._open = b"", False, True
                 return out + self.feed(chunk[cr + 1 :])
             if nl < 0:
@@ -107,14 +114,14 @@ class Framer:
             self._pending, self._open = chunk[last + 1 :], False
         return out + self._check_overlong()
 
-    def flush(self) -> list[Record]:
+    def flush(self) -> list[Record | Tally]:
         """End of stream: the last line even without its newline."""
         if not (self._pending or self._open):
             return []
         data, self._pending, self._skipping, self._open = self._pending + b"\n", b"", False, False
         return self._emit(data, 0, len(data), force=True)
 
-    def _check_overlong(self) -> list[Record]:
+    def _check_overlong(self) -> list[Record | Tally]:
         if len(self._pending) <= self.max_line:
             return []
         # A stream that only ever uses CR (a progress display) would otherwise look like one
@@ -122,19 +129,20 @@ class Framer:
         cr = self._pending.rfind(b"\r")
         if cr >= 0:
             head, self._pending = self._pending[: cr + 1], self._pending[cr + 1 :]
-            out = self._records(head.split(b"\r")[:-1], self.lines + 1, check=True)
+            out: list[Record | Tally] = [*self._records(head.split(b"\r")[:-1], self.lines + 1, check=True)]
             self._open = True
             return out + self._check_overlong()
         self._pending = self._pending[: self.max_line]
         self._skipping = True
         return []
 
-    def _emit(self, data: bytes, begin: int, end: int, force: bool = False) -> list[Record]:
+    def _emit(self, data: bytes, begin: int, end: int, force: bool = False) -> list[Record | Tally]:
         """Records for ``data[begin:end]``, which ends with a newline. ``force`` walks it line by line."""
         base = self.lines
+        out: list[Record | Tally] = []
         if self.selector is None or force:
             self.lines += data.count(b"\n", begin, end)
-            out: list[Record] = []
+            self._tally(data, begin, end, self.lines, out)
             start, n = begin, base
             while start < end:
                 stop = data.index(b"\n", start)
@@ -142,9 +150,8 @@ class Framer:
                 out.extend(self._records(data[start:stop].split(b"\r"), n, check=self.selector is not None))
                 start = stop + 1
             return out
-        out = []
         # Newlines are counted once, piecewise between hits, so a chunk costs one counting pass.
-        newlines, counted_to, line_end = base, begin, -1
+        newlines, counted_to, line_end, tallied_to = base, begin, -1, begin
         for hit in self.selector.hits(memoryview(data)[begin:end]):
             h = hit + begin
             if h < line_end:
@@ -154,12 +161,25 @@ class Framer:
             line_end = data.find(b"\n", h)
             newlines += data.count(b"\n", counted_to, start)
             counted_to = start
+            # The tallied lines up to and including this one come first, so events keep the log's order.
+            if self._tallies:
+                self._tally(data, tallied_to, line_end + 1, newlines + 1, out)
+                tallied_to = line_end + 1
             pieces = data[start:line_end].split(b"\r")
             # A line cut at max_line is kept only if an anchor survives the cut, as when it spans chunks.
             out.extend(self._records(pieces, newlines + 1,
                                      check=len(pieces) > 1 or line_end - start > self.max_line))
         self.lines = newlines + data.count(b"\n", counted_to, end)
+        if self._tallies and tallied_to < end:
+            self._tally(data, tallied_to, end, self.lines, out)
         return out
+
+    def _tally(self, data: bytes, begin: int, end: int, lineno: int, out: list[Record | Tally]) -> None:
+        """A Tally per tallied pattern found in ``data[begin:end]``: one C-level search, no per-line Python."""
+        for p, rx in self._tallies:
+            found = rx.findall(data, begin, end)
+            if found:
+                out.append(Tally(p.id, p.event, p.tally_field, tuple(map(int, found)), lineno, self.source))
 
     def _records(self, pieces: list[bytes], lineno: int, check: bool = False) -> list[Record]:
         """Decoded records for the pieces of one line; ``check`` keeps only pieces with an anchor."""

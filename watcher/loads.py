@@ -28,7 +28,7 @@ from typing import Any
 
 from watcher import config as cfg
 from watcher import db
-from watcher.events import Event
+from watcher.events import Event, Tally
 from watcher.incidents import Evidence, Incident, basename
 from watcher.state import Run, Stream
 
@@ -441,6 +441,15 @@ class LoadTracker:
         self._dirty.add(id(run))
         if t in _MILESTONES or (t == "task_timing" and _worth_writing(run.tasks_done)):
             self.flush()
+
+    def tallied(self, t: Tally) -> None:
+        """Values of a tallied pattern (finished tasks' sizes), in bulk: they belong to the current run."""
+        run = self._current_run()
+        if run is None:
+            return
+        if t.event == "task_release":
+            self._extra_of(run).task_tokens.extend(t.values)
+        self._dirty.add(id(run))
 
     def _on_server_exiting(self, run: Run, x: _Extra, ev: Event) -> None:
         x.exiting = True

@@ -9,7 +9,7 @@ from typing import Any
 
 from watcher.catalogue import Catalogue
 from watcher.classify import Classifier
-from watcher.events import Event
+from watcher.events import Event, Record, Tally
 from watcher.framing import Framer, LineSelector
 from watcher.incidents import Incident
 from watcher.loads import History, LoadTracker
@@ -48,7 +48,7 @@ class Analyzer:
     ) -> None:
         self.catalogue = catalogue
         self.classifier = classifier or Classifier(catalogue)
-        self.framer = Framer(selector or LineSelector(catalogue.anchors), source=source)
+        self.framer = Framer(selector or LineSelector(catalogue.anchors), source=source, tallies=catalogue.tallies)
         self.stream = SwapStream(source, settings, on_change=on_incident)
         self.on_event = on_event
         self.counters = Counters()
@@ -77,9 +77,14 @@ class Analyzer:
         self.stream.finish()
         self.loads.finish()
 
-    def _records(self, records: list) -> None:  # type: ignore[type-arg]
+    def _records(self, records: list[Record | Tally]) -> None:
         c = self.counters
         for rec in records:
+            if isinstance(rec, Tally):
+                c.events += len(rec.values)
+                c.by_pattern[rec.pattern] = c.by_pattern.get(rec.pattern, 0) + len(rec.values)
+                self.loads.tallied(rec)
+                continue
             c.candidates += 1
             ev = self.classifier.classify(rec)
             if ev is None:

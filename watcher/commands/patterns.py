@@ -11,6 +11,7 @@ from watcher.classify import Classifier
 from watcher.commands import audit as audit_command
 from watcher.commands._common import UsageError, catalogue_for, load_config
 from watcher.environment import Environment
+from watcher.events import Record
 from watcher.exitstatus import ExitStatus
 from watcher.framing import Framer
 from watcher.relevance import NOISE, RELEVANT
@@ -77,10 +78,11 @@ def _test(classifier: Classifier, args: argparse.Namespace, env: Environment) ->
     unmatched: list[tuple[int, str]] = []
     try:
         with args.file.open("rb") as fh:
-            records = []
+            records: list[Record] = []
+            # Without a selector every line is a record (nothing is tallied).
             while chunk := fh.read(1 << 20):
-                records.extend(framer.feed(chunk))
-            records.extend(framer.flush())
+                records.extend(r for r in framer.feed(chunk) if isinstance(r, Record))
+            records.extend(r for r in framer.flush() if isinstance(r, Record))
     except OSError as exc:
         raise UsageError(f"{args.file}: {exc.strerror or exc}") from exc
     for rec in records:
