@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import cli
 from watcher import catalogue as cat
 from watcher.catalogue import GIVE_UP_AFTER, SlowPatterns
@@ -137,6 +139,9 @@ class _StarvedOnce:
             raise TimeoutError("regex timed out")
         return self.inner.search(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
 
 def test_a_line_whose_match_was_starved_is_still_recognised() -> None:
     """A failure line whose regex ran out of wall-clock time while its thread did not run is matched again, not
@@ -152,3 +157,32 @@ def test_a_line_whose_match_was_starved_is_still_recognised() -> None:
     ev = Classifier(catalogue).classify(Record(line, 1, "server.log"))
     assert ev is not None and ev.type == "draft_load_failed" and ev.get("model") == "/m/d1.gguf"
     assert starved.searches == 2 and said == [] and catalogue.slow.disabled == set()
+
+
+def test_a_relayed_line_whose_unwrapping_was_starved_is_still_unwrapped() -> None:
+    """A relay's search that ran out of wall-clock time without running is tried again: the wrapped failure line
+    is still read (it was read as an unwrapped, unrecognised line before)."""
+    loaded = cat.load()
+    compose = next(r for r in loaded.relays if r.id.startswith("docker-compose"))
+    starved = dataclasses.replace(compose, regex=_StarvedOnce(compose.regex))
+    relays = tuple(starved if r.id == compose.id else r for r in loaded.relays)
+    catalogue = dataclasses.replace(loaded, relays=relays)
+    inner = "srv    load_model: failed to load draft model, '/m/d1.gguf'"
+    assert Classifier(catalogue).unwrap(Record("llama-1  | " + inner, 1)).text == inner
+
+
+def test_timed_search_raises_only_for_a_search_that_spent_the_time() -> None:
+    """A search that timed out while using the CPU raises; one starved every time counts as no match."""
+    import regex
+
+    from watcher import timed
+
+    slow = regex.compile(r"(a|aa)+$")
+    with pytest.raises(TimeoutError):
+        timed.search(slow, "a" * 40 + "b", 0.01)
+
+    class Starved:
+        def search(self, *args: Any, **kwargs: Any) -> Any:
+            raise TimeoutError("regex timed out")
+
+    assert timed.search(Starved(), "x", 0.05) is None  # type: ignore[arg-type]

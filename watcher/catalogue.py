@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from watcher import timed
 from watcher.events import CAUSES, EVENTS, FIELD_TYPES
 from watcher.relay import Relay, RelayExample, Relays, compile_relay
 
@@ -138,7 +139,7 @@ class Pattern:
         for lit in self.literals:
             if lit not in text:
                 return None
-        m = self.regex.search(text, timeout=timeout)
+        m = timed.search(self.regex, text, timeout)
         if m is None:
             return None
         fields: dict[str, Any] = dict(self.constants)
@@ -292,7 +293,7 @@ class Cause:
     def match(self, text: str) -> dict[str, str] | None:
         """``{"cause": ..., and any captured field}`` if ``text`` says this cause, else None."""
         try:
-            m = self.regex.search(text, timeout=0.05)
+            m = timed.search(self.regex, text, 0.05)
         except TimeoutError:
             return None
         if m is None:

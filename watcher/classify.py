@@ -10,7 +10,6 @@ is often what names the host.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from watcher.catalogue import Catalogue, Pattern
@@ -18,11 +17,6 @@ from watcher.events import Event, Record
 
 #: The event of the patterns that name the program writing the log.
 HOST_MARKER = "host_record"
-
-#: Tries of a match whose timeout ran out while its thread hardly ran (starved, not slow), before the line
-#: counts as no match for that pattern.
-STARVED_TRIES = 5
-
 
 class Classifier:
     """Matches records against a compiled catalogue."""
@@ -91,16 +85,8 @@ class Classifier:
         slow = self.catalogue.slow
         if slow.disabled and p.id in slow.disabled:
             return None
-        start = time.thread_time()
-        for _ in range(STARVED_TRIES):
-            try:
-                return p.fields(record.text, self.timeout)
-            except TimeoutError:
-                # The timeout is wall-clock time, and the regex runs without the GIL: on a machine busy with
-                # the server (or with specwatch's own threads) this thread may simply not have run, and the
-                # line, a failure perhaps, would be lost. Only a regex that really spent the time (CPU)
-                # counts against its pattern; a starved one is tried again.
-                if time.thread_time() - start >= self.timeout / 2:
-                    slow.timed_out(p, self.timeout, f"{record.source}:{record.lineno}")
-                    return None
-        return None
+        try:
+            return p.fields(record.text, self.timeout)
+        except TimeoutError:  # the regex really spent the time (a starved search is retried by timed.search)
+            slow.timed_out(p, self.timeout, f"{record.source}:{record.lineno}")
+            return None

@@ -16,6 +16,8 @@ from typing import Any
 
 import regex
 
+from watcher import timed
+
 #: How many wrappers deep a line may be (journald around docker around LocalAI is three).
 MAX_DEPTH = 4
 _ESCAPES = ("", "go")
@@ -59,7 +61,7 @@ class Relay:
         if not any(a in text for a in self.anchors):
             return None
         try:
-            m = self.regex.search(text, timeout=0.05)
+            m = timed.search(self.regex, text, 0.05)
         except TimeoutError:
             return None
         if m is None:
