@@ -351,7 +351,7 @@ def test_a_watcher_that_fails_to_start_closes_what_it_started(monkeypatch) -> No
     """When the analysis cannot start, the metrics endpoint already listening is closed, and bytes still flow."""
     import socket
 
-    from watcher import dispatch, metrics
+    from watcher import metrics, pipeline
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("analyzer broke")
@@ -366,7 +366,7 @@ def test_a_watcher_that_fails_to_start_closes_what_it_started(monkeypatch) -> No
         return sink
 
     monkeypatch.setattr(metrics, "start", spy)
-    monkeypatch.setattr(dispatch, "Analyzer", broken)  # where every command's analyzers are built
+    monkeypatch.setattr(pipeline, "Analyzer", broken)  # what dispatch.Wiring builds every analyzer with
     r = cli("--metrics-listen", "127.0.0.1:0", stdin=b"hello\n")
     assert r.stdout == b"hello\n" and "not watching" in r.stderr
     with socket.socket() as s:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
+import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from watcher import __version__, db
+from watcher import __version__
 from watcher.commands import budget, models, notify, patterns, pipe, probe, scan, status, watch
 from watcher.commands import run as run_command
 from watcher.commands._common import UsageError, add_analysis_options, terminal
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
 
 #: Sub-command modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)``. Pipe mode
 #: (no sub-command) is ``watcher.commands.pipe``; the options and sinks every analysing command shares are
@@ -104,11 +106,18 @@ def run(argv: Sequence[str], env: Environment) -> int:
     except UsageError as exc:
         env.stderr.write(f"specwatch: {exc}\n")
         return ExitStatus.USAGE
-    except db.StoreError as exc:  # the database failed after it was opened (locked past the wait, disk full)
+    except _loaded("watcher.db", "StoreError") as exc:  # the database failed after it was opened (locked, full)
         env.stderr.write(f"specwatch: incident store {exc}\n")
         return ExitStatus.USAGE
-    except sqlite3.Error as exc:
+    except _loaded("sqlite3", "Error") as exc:
         env.stderr.write(f"specwatch: incident store: {exc}\n")
         return ExitStatus.USAGE
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else ExitStatus.OK
+
+
+def _loaded(module: str, name: str) -> tuple[type[BaseException], ...]:
+    """The exception class ``module.name`` if the command loaded that module, else nothing to catch: the store
+    (and sqlite3) load only with the commands that use them, and what was never loaded cannot have raised."""
+    mod = sys.modules.get(module)
+    return (getattr(mod, name),) if mod is not None else ()

@@ -13,17 +13,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from watcher.catalogue import Catalogue
-from watcher.config import Config
-from watcher.environment import Environment
-from watcher.events import Event
-from watcher.incidents import Incident
-from watcher.loads import History
-from watcher.loads import Settings as LedgerSettings
-from watcher.pipeline import Analyzer
-from watcher.state import Settings
+if TYPE_CHECKING:
+    from watcher.catalogue import Catalogue
+    from watcher.config import Config
+    from watcher.environment import Environment
+    from watcher.events import Event
+    from watcher.incidents import Incident
+    from watcher.loads import History
+    from watcher.loads import Settings as LedgerSettings
+    from watcher.pipeline import Analyzer
+    from watcher.state import Settings
 
 T = TypeVar("T")
 
@@ -191,6 +192,8 @@ class Wiring:
                  on_incident: Callable[[Incident], None] | None = None) -> Analyzer:
         """An analyzer of ``source`` wired to every sink. ``on_event``/``on_incident`` are called first, then
         the dispatcher is (a command's own hooks never replace the sinks')."""
+        from watcher.pipeline import Analyzer
+
         disp = self.dispatcher
         # Load records go to the sinks that keep them (the store), and earlier loads come back from it.
         a = Analyzer(self.catalogue, source=source, settings=self.settings,

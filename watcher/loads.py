@@ -18,19 +18,20 @@ from __future__ import annotations
 import json
 import math
 import re
-import sqlite3
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher import config as cfg
-from watcher import db
 from watcher.events import Event, Tally
 from watcher.incidents import Evidence, Incident, basename
 from watcher.state import Run, Stream
+
+if TYPE_CHECKING:
+    import sqlite3
 
 COMPONENT = "loads"
 MIGRATIONS = [
@@ -227,12 +228,17 @@ class LoadBook:
     """Load records in the shared SQLite database (component ``loads``)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        # The store (and sqlite3) load with the first book opened: an analysis without one never needs them.
+        from watcher import db
+
         self.conn = conn
         db.migrate(conn, COMPONENT, MIGRATIONS)
 
     @classmethod
     def open(cls, path: Path) -> LoadBook:
         """Open (creating and migrating) the book in the database at ``path``."""
+        from watcher import db
+
         return cls(db.connect(path))
 
     def close(self) -> None:

@@ -21,22 +21,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from watcher import __version__
-from watcher import config as cfg
 from watcher._net import is_loopback_host
-from watcher.classify import Classifier
 from watcher.dispatch import Extension
-from watcher.environment import Environment
 from watcher.errors import UsageError
-from watcher.events import Event, Record
 from watcher.incidents import KINDS, SEVERITIES, Incident
 from watcher.labels import device_label, server_label, source_label, target_label
-from watcher.loads import footprint
-from watcher.pipeline import Analyzer
 from watcher.relevance import NOISE, RELEVANT
-from watcher.state import Run
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
+
+    from watcher import config as cfg
+    from watcher.classify import Classifier
+    from watcher.environment import Environment
+    from watcher.events import Event, Record
+    from watcher.pipeline import Analyzer
+    from watcher.state import Run
 
 DEFAULT_HOST = "127.0.0.1"
 #: Every word of ``watcher.relevance.RELEVANT`` in lower case: containing one is necessary for a RELEVANT match.
@@ -137,7 +137,7 @@ class Metrics:
                     counts.accepted_before[server] = counts.accepted_before.get(server, 0) + accepted
             self._analyzers[label] = analyzer
         if not isinstance(analyzer.classifier, _CountingClassifier):
-            analyzer.classifier = cast(Classifier, _CountingClassifier(analyzer.classifier, counts))
+            analyzer.classifier = cast("Classifier", _CountingClassifier(analyzer.classifier, counts))
         return label
 
     def incident(self, inc: Incident, change: str) -> None:
@@ -161,6 +161,8 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         """Every metric family, read from the live state (called by the scrape thread)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from watcher.loads import footprint
 
         with self._lock:
             analyzers = dict(self._analyzers)

@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from watcher._net import is_loopback_host
-from watcher.config import Config, flag_range
-from watcher.dispatch import Dispatcher, Extension
-from watcher.environment import Environment
+from watcher.config import flag_range
+from watcher.dispatch import Extension
 from watcher.errors import UsageError
 from watcher.incidents import Incident
+
+if TYPE_CHECKING:
+    from watcher.config import Config
+    from watcher.dispatch import Dispatcher
+    from watcher.environment import Environment
 
 #: Generated tokens after which "no drafted tokens" means speculation is not happening.
 MIN_TOKENS = 32
@@ -104,6 +105,10 @@ class Verdict:
 
 
 def _get(url: str) -> tuple[int, str]:
+    # urllib.request (with http.client, ssl and email) loads only when a probe really fetches.
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"Accept": "application/json, text/plain"})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:  # noqa: S310 - check_url allows http(s) only
@@ -114,6 +119,8 @@ def _get(url: str) -> tuple[int, str]:
 
 def fetch(base: str) -> Snapshot:
     """Read the three endpoints; one failing (disabled: 501, old build: 404) does not stop the others."""
+    import json
+
     snap = Snapshot()
     for ep in ("props", "slots", "metrics"):
         try:

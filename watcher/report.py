@@ -5,10 +5,12 @@ from __future__ import annotations
 import textwrap
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher.incidents import Incident, basename, slot_list
-from watcher.state import Run
+
+if TYPE_CHECKING:
+    from watcher.state import Run
 
 #: A report of more runs than this (a log of a restart loop, a year of LM Studio) is summarised; --json lists all.
 RUNS_SHOWN = 20

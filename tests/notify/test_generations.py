@@ -216,7 +216,7 @@ def test_a_recorder_that_cannot_start_is_reported_not_fatal(state: Path, monkeyp
     def broken(store: Store) -> Outbox:
         raise sqlite3.DatabaseError("file is not a database")
 
-    monkeypatch.setattr("watcher.notify.sink.Outbox", broken)
+    monkeypatch.setattr("watcher.notify.outbox.Outbox", broken)
     env, _, err = make_env({})
     sink = StoreSink(state / "specwatch.db", [], FAST, env, exit_grace=0.0)
     for n in range(3):

@@ -8,18 +8,21 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
-from watcher import catalogue as cat
-from watcher import config as cfg
-from watcher import loads, metrics, probe
-from watcher.dispatch import Dispatcher, Extension, Sink, Wiring
-from watcher.environment import Environment
+from watcher import metrics, probe
+from watcher.dispatch import Extension
 from watcher.errors import UsageError
-from watcher.incidents import Incident
 from watcher.notify import sink as notify_sink
-from watcher.sinks import BannerSink, EventLogSink, TerminalWriter
-from watcher.state import Settings
+
+if TYPE_CHECKING:
+    from watcher import catalogue as cat
+    from watcher import config as cfg
+    from watcher import loads
+    from watcher.dispatch import Dispatcher, Sink, Wiring
+    from watcher.environment import Environment
+    from watcher.incidents import Incident
+    from watcher.state import Settings
 
 __all__ = ["EXTENSIONS", "TERMINAL_WAIT", "Context", "UsageError", "add_analysis_options", "build_context",
            "catalogue_for", "incidents_at_exit", "load_catalogue", "load_config", "terminal", "wire"]
@@ -58,6 +61,8 @@ def terminal(env: Environment, wait: float = TERMINAL_WAIT) -> Iterator[Environm
     pipe nobody reads) must hold up none of them, nor the store, the targets or the server's output. At the
     end the writer gets ``wait`` seconds to write what is queued; whatever is left then is dropped.
     """
+    from watcher.sinks import TerminalWriter
+
     term = TerminalWriter(env.stderr)
     try:
         with term.thread_exceptions():
@@ -65,6 +70,13 @@ def terminal(env: Environment, wait: float = TERMINAL_WAIT) -> Iterator[Environm
     finally:
         term.drain(wait)
         term.close()
+
+
+def _ledger_defaults() -> loads.Settings:
+    """The memory ledger's default settings (its module loads only when a command analyses)."""
+    from watcher import loads
+
+    return loads.Settings()
 
 
 @dataclass
@@ -76,11 +88,13 @@ class Context:
     config: cfg.Config
     settle: float
     sinks: list[Sink] = field(default_factory=list)
-    ledger: loads.Settings = field(default_factory=loads.Settings)
+    ledger: loads.Settings = field(default_factory=_ledger_defaults)
 
 
 def load_config(args: argparse.Namespace, env: Environment) -> cfg.Config:
     """The config file named by the flag, the environment, or the default location."""
+    from watcher import config as cfg
+
     path = getattr(args, "config", None) or cfg.default_path(env.environ)
     try:
         return cfg.load(path)
@@ -90,6 +104,7 @@ def load_config(args: argparse.Namespace, env: Environment) -> cfg.Config:
 
 def load_catalogue(extra: list[Path]) -> cat.Catalogue:
     """The shipped catalogue plus the user's extra pattern files."""
+    from watcher import catalogue as cat
     from watcher import paths
 
     try:
@@ -106,6 +121,11 @@ def catalogue_for(args: argparse.Namespace, conf: cfg.Config) -> cat.Catalogue:
 
 def build_context(args: argparse.Namespace, env: Environment, banner: bool = True) -> Context:
     """Catalogue, settings and sinks for an analysing command."""
+    from watcher import config as cfg
+    from watcher import loads
+    from watcher.sinks import BannerSink, EventLogSink
+    from watcher.state import Settings
+
     conf = load_config(args, env)
     catalogue = catalogue_for(args, conf)
     catalogue.slow.say = env.stderr.write  # a pattern hitting the regex timeout is never silent
@@ -151,6 +171,8 @@ def incidents_at_exit(own: list[Incident], disp: Dispatcher) -> list[Incident]:
 def wire(ctx: Context, env: Environment) -> Wiring:
     """The dispatcher over the context's sinks (reporting a failing sink on stderr, once per sink), and the
     factory every analysing command builds its analyzers with."""
+    from watcher.dispatch import Wiring
+
     warned: set[int] = set()
 
     def on_error(sink: Sink, exc: BaseException) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from watcher import audit
-from watcher.catalogue import Catalogue
 from watcher.commands._common import UsageError
 from watcher.config import flag_range
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
+
+if TYPE_CHECKING:
+    from watcher import audit
+    from watcher.catalogue import Catalogue
+    from watcher.environment import Environment
 
 
 def add_action(actions: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -35,6 +37,10 @@ def add_action(actions: argparse._SubParsersAction,  # type: ignore[type-arg]
 
 def run(catalogue: Catalogue, args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Audit and print the report."""
+    import json
+
+    from watcher import audit
+
     if not args.src.is_dir():
         raise UsageError(f"{args.src}: not a directory")
     report = audit.audit(args.src, catalogue)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watcher import config as cfg
-from watcher import fleet, loads
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 
 from ._common import UsageError, load_config
 from .models import records
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run_budget(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Print the fit per device; exit 0 fits, 1 does not."""
+    import json
+
+    from watcher import fleet, loads
+
     conf = load_config(args, env)
     try:
         given = {**loads.settings_from(conf).capacity, **loads.parse_capacity(args.capacity)}

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from watcher import fleet
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.loads import LoadBook
 from watcher.notify import sink as notify_sink
 
 from ._common import UsageError
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,6 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def records(args: argparse.Namespace, env: Environment) -> list[dict[str, Any]]:
     """Every load record in the store, oldest first."""
+    from watcher.loads import LoadBook
+
     try:
         book = LoadBook.open(notify_sink.db_path(args, env))
     except (OSError, RuntimeError) as exc:
@@ -61,6 +62,10 @@ def records(args: argparse.Namespace, env: Environment) -> list[dict[str, Any]]:
 
 def run_models(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Print the models table or JSON."""
+    import json
+
+    from watcher import fleet
+
     rows = fleet.model_rows(records(args, env), args.host)
     out = io.StringIO()
     if args.json:
@@ -106,6 +111,10 @@ def run_models(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 def run_drafts(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Print the draft scorecard or JSON."""
+    import json
+
+    from watcher import fleet
+
     rows = fleet.draft_rows(records(args, env), args.host)
     out = io.StringIO()
     if args.json:

@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watcher.config import flag_range
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
-from watcher.notify.contract import Delivery
-from watcher.notify.outbox import Outbox
-from watcher.notify.redact import Redactor
-from watcher.notify.targets import labeller
-from watcher.notify.worker import Worker, send
 
 from ._common import UsageError, load_config
 from .status import open_store
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,6 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Dispatch to the action."""
+    from watcher.notify.contract import Delivery
+    from watcher.notify.outbox import Outbox
+    from watcher.notify.redact import Redactor
+    from watcher.notify.targets import labeller
+    from watcher.notify.worker import Worker, send
+
     conf = load_config(args, env)
     targets = notify_sink.targets_from(args, env, conf)
     redact = Redactor(t.url for t in targets)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from watcher.classify import Classifier
 from watcher.commands import audit as audit_command
 from watcher.commands._common import UsageError, catalogue_for, load_config
-from watcher.environment import Environment
-from watcher.events import Record
 from watcher.exitstatus import ExitStatus
-from watcher.framing import Framer
 from watcher.relevance import NOISE, RELEVANT
+
+if TYPE_CHECKING:
+    from watcher.classify import Classifier
+    from watcher.environment import Environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,6 +44,8 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """List, test or audit the catalogue the analysing commands load (config's extra patterns included)."""
+    from watcher.classify import Classifier
+
     catalogue = catalogue_for(args, load_config(args, env))
     catalogue.slow.say = env.stderr.write  # `patterns test` on a log shows a regex timing out, as scan does
     if args.action == "test":
@@ -59,6 +60,8 @@ def _out(env: Environment, text: str) -> None:
 
 
 def _list(catalogue: Any, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    import json
+
     rows = [{"id": p.id, "event": p.event, "origin": p.origin, "since": p.since, "until": p.until,
              "level": p.level, "anchors": list(p.anchors), "examples": len(p.examples)} for p in catalogue.patterns]
     if args.json:
@@ -72,6 +75,11 @@ def _list(catalogue: Any, args: argparse.Namespace, env: Environment) -> ExitSta
 
 
 def _test(classifier: Classifier, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    import json
+
+    from watcher.events import Record
+    from watcher.framing import Framer
+
     framer = Framer(None, source=str(args.file))
     counts: dict[str, int] = {p.id: 0 for p in classifier.catalogue.patterns}
     matched: list[tuple[int, list[str], str]] = []

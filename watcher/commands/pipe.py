@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from typing import TYPE_CHECKING
 
 from watcher import report
 from watcher.commands._common import Context, build_context, incidents_at_exit, wire
-from watcher.dispatch import Dispatcher
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.pipe import Passthrough, SideAnalysis, is_regular_file, pump, reader
-from watcher.pipeline import Analyzer
+
+if TYPE_CHECKING:
+    from watcher.dispatch import Dispatcher
+    from watcher.environment import Environment
+    from watcher.pipe import SideAnalysis
+    from watcher.pipeline import Analyzer
 
 #: Seconds the analysis gets, after the input ended, to finish its backlog.
 CLOSE_WAIT = 30.0
@@ -23,6 +26,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     Called with its stderr behind the terminal writer (``_common.terminal``, as every command that reads
     logs), so a paused terminal holds up neither the copy nor the store and the notifications.
     """
+    from watcher.pipe import Passthrough, is_regular_file, pump, reader
+
     def on_break(exc: OSError) -> None:
         env.stderr.write(f"specwatch: stdout failed ({exc.strerror or exc}); discarding output, "
                          "still reading and watching\n")
@@ -61,6 +66,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _start(args: argparse.Namespace, ctx: Context, env: Environment) -> tuple[Dispatcher, Analyzer, SideAnalysis]:
+    from watcher.pipe import SideAnalysis
+
     wiring = wire(ctx, env)
     disp = wiring.dispatcher
     analyzer = wiring.analyzer(args.source or "stdin")

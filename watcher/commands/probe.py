@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+from typing import TYPE_CHECKING
 
 from watcher import probe as pr
 from watcher.commands._common import UsageError
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Probe once and report."""
+    import json
+
     try:
         base = pr.check_url(args.url, args.allow_remote)
         v = pr.judge(pr.fetch(base), args.expect_spec)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import threading
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from watcher import report
 from watcher.commands._common import UsageError, add_analysis_options, build_context, incidents_at_exit, wire
 from watcher.config import flag_range
-from watcher.environment import Environment
-from watcher.events import Event
 from watcher.exitstatus import ExitStatus
-from watcher.incidents import Incident
-from watcher.pipe import Passthrough, SideAnalysis
-from watcher.sinks import underlying
-from watcher.sources.child import FAILURE_KINDS, Child, SpecExpectation, forwarding, shell_status, spec_args
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
+    from watcher.events import Event
+    from watcher.incidents import Incident
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,6 +61,8 @@ class _Stopper:
         self.fired = threading.Event()
 
     def incident(self, inc: Incident, change: str) -> None:
+        from watcher.sources.child import FAILURE_KINDS
+
         if change == "opened" and inc.kind in FAILURE_KINDS and not self.fired.is_set():
             self.reason = f"{inc.kind}: {inc.title}"
             self.fired.set()
@@ -72,6 +73,10 @@ class _Stopper:
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     """Supervise the child; the return value is the child's status, or 3 when specwatch stopped it."""
+    from watcher.pipe import Passthrough, SideAnalysis
+    from watcher.sinks import underlying
+    from watcher.sources.child import Child, SpecExpectation, forwarding, shell_status, spec_args
+
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]

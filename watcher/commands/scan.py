@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from watcher import report
 from watcher.commands._common import add_analysis_options, build_context, wire
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.pipeline import Analyzer
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
+    from watcher.pipeline import Analyzer
 
 READ = 4 * 1024 * 1024
 
@@ -35,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Scan every file; each file is its own source with its own state. A file that cannot be read is
     reported on stderr and the others are still scanned; the exit status is then 2."""
+    import json
+
     ctx = build_context(args, env, banner=False)
     wiring = wire(ctx, env)
     disp = wiring.dispatcher

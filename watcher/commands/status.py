@@ -10,21 +10,20 @@ second, retrying while the target is down, or ``specwatch notify flush`` does.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from watcher import db
 from watcher.config import flag_range
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
 from watcher.notify import sink as notify_sink
-from watcher.notify.outbox import Outbox
-from watcher.notify.targets import Target
-from watcher.notify.worker import Worker
-from watcher.store import AmbiguousIdError, Store
 
 from ._common import UsageError, load_config
+
+if TYPE_CHECKING:
+    from watcher.environment import Environment
+    from watcher.notify.targets import Target
+    from watcher.store import Store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,6 +64,9 @@ def _state(p: argparse.ArgumentParser) -> None:
 
 def open_store(args: argparse.Namespace, env: Environment) -> Store:
     """The incident store of ``--state-dir`` (or the default); one line (exit 2) when it cannot be opened."""
+    from watcher import db
+    from watcher.store import Store
+
     try:
         path = notify_sink.db_path(args, env)
     except OSError as exc:
@@ -81,6 +83,8 @@ def _when(t: float | None) -> str:
 
 def run_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Print the table or JSON; exit 1 when open incidents exist."""
+    import json
+
     store = open_store(args, env)
     try:
         rows = store.open_incidents()
@@ -103,6 +107,9 @@ def run_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Acknowledge by id or ``--all``; stops repeats, queues and sends the messages that end the alerts."""
+    from watcher.notify.outbox import Outbox
+    from watcher.store import AmbiguousIdError
+
     if bool(args.ids) == bool(args.all):
         raise UsageError("ack: give incident ids or --all (not both)")
     targets = notify_sink.targets_from(args, env, load_config(args, env))
@@ -135,6 +142,9 @@ def run_ack(args: argparse.Namespace, env: Environment) -> ExitStatus:
 def _send_ends(args: argparse.Namespace, env: Environment, targets: list[Target],
                rows: list[tuple[int, str, str]]) -> None:
     """Send the queued alert ends to the targets this process knows; say where each one stands."""
+    from watcher.notify.targets import Target
+    from watcher.notify.worker import Worker
+
     known = {t.id for t in targets}
     for _rid, target_id, label in rows:
         # A target whose label is its whole URL (nothing secret in it: the desktop's specwatch://) needs no
@@ -166,6 +176,8 @@ def _send_ends(args: argparse.Namespace, env: Environment, targets: list[Target]
 
 def run_history(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Recent transitions, newest first."""
+    import json
+
     store = open_store(args, env)
     try:
         since = env.clock() - args.since * 3600 if args.since is not None else None

@@ -12,19 +12,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
-from watcher import paths
-from watcher.checkpoints import Checkpoints
 from watcher.commands._common import UsageError, add_analysis_options, build_context, wire
 from watcher.config import flag_range
-from watcher.environment import Environment
 from watcher.exitstatus import ExitStatus
-from watcher.incidents import Incident
-from watcher.pipeline import Analyzer
-from watcher.sources.journal import JournalFollower
-from watcher.sources.tail import Follower, Spec, run_loop, specs
-from watcher.store import Store
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from watcher.checkpoints import Checkpoints
+    from watcher.environment import Environment
+    from watcher.incidents import Incident
+    from watcher.pipeline import Analyzer
+    from watcher.sources.tail import Spec
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_POLL_INTERVAL = 0.5
@@ -90,6 +91,12 @@ def find_lmstudio(environ: Mapping[str, str], home: Path | None = None) -> Path:
 def run(args: argparse.Namespace, env: Environment, stop: threading.Event | None = None,
         on_event: Callable[[object], None] | None = None) -> ExitStatus:
     """Follow until SIGTERM/SIGINT (or ``stop`` is set, for tests and embedding)."""
+    from watcher import paths
+    from watcher.checkpoints import Checkpoints
+    from watcher.sources.journal import JournalFollower
+    from watcher.sources.tail import Follower, run_loop, specs
+    from watcher.store import Store
+
     targets = [str(p) for p in args.paths]
     ignore_days = args.ignore_older
     if args.lmstudio or args.lmstudio_dir:

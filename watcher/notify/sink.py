@@ -17,25 +17,28 @@ import itertools
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher import config as cfg
-from watcher import db, paths
-from watcher.dispatch import Dispatcher, Extension
-from watcher.environment import Environment
+from watcher.dispatch import Extension
 from watcher.errors import UsageError
-from watcher.incidents import Incident
-from watcher.loads import HISTORY_LOADS, History, LoadBook
-from watcher.loads import Settings as LedgerSettings
-from watcher.notify import plugins
+from watcher.notify import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, plugins
 from watcher.notify import targets as tg
-from watcher.notify.outbox import Outbox
-from watcher.notify.worker import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, Settings, Worker
-from watcher.store import Occurrence, Store, StoredIncident
+
+# The store, the outbox, the delivery worker and the load ledger (and sqlite3 under them) load when a sink is
+# built, not with the command line that only lists this extension's options.
+if TYPE_CHECKING:
+    from watcher.dispatch import Dispatcher
+    from watcher.environment import Environment
+    from watcher.incidents import Incident
+    from watcher.loads import History, LoadBook
+    from watcher.loads import Settings as LedgerSettings
+    from watcher.notify.outbox import Outbox
+    from watcher.notify.worker import Settings
+    from watcher.store import Store, StoredIncident
 
 #: Commands whose input another process can read again (files, the journal): the same lines read again are
 #: the same occurrence. Pipe mode and ``run`` read a stream once: each process reads new occurrences.
@@ -70,6 +73,12 @@ class StoreSink:
     def __init__(self, db_path: Path, targets: list[tg.Target], settings: Settings, env: Environment,  # noqa: PLR0917
                  exit_grace: float = EXIT_GRACE, rereadable: bool = False, open_now: bool = True,
                  opener: Callable[[], Store] | None = None, ledger: LedgerSettings | None = None) -> None:
+        import uuid
+
+        from watcher.loads import Settings as LedgerSettings
+        from watcher.notify.worker import Worker
+        from watcher.store import Store
+
         self.db_path = db_path
         #: This process as a reader of its input (see watcher.store.Occurrence): a pipe's stdin or a server's
         #: output cannot be read twice, so every occurrence a new one reads is new; ``scan`` and ``watch``
@@ -144,6 +153,9 @@ class StoreSink:
         return self._history
 
     def _read_history(self, store: Store) -> None:
+        from watcher import db
+        from watcher.loads import HISTORY_LOADS, History, LoadBook
+
         try:
             self._book = LoadBook(store.conn)
             self._history = History(self._book.records(HISTORY_LOADS))
@@ -175,6 +187,9 @@ class StoreSink:
     def _connect(self) -> Outbox | None:
         """The outbox over the store, opened (and migrated) here when not yet; waits out a lock or a full disk;
         None (said once) when the store cannot be used at all (a garbage file, a directory in its place)."""
+        from watcher import db
+        from watcher.notify.outbox import Outbox
+
         delay, said = RETRY_FIRST, False
         while True:
             try:
@@ -209,6 +224,8 @@ class StoreSink:
             return outbox
 
     def _drain(self, outbox: Outbox) -> None:
+        from watcher import db
+
         delay, waiting = RETRY_FIRST, False
         while True:
             if not self.backlog and (self._closing or not self._take(self.queue.get())):
@@ -296,6 +313,8 @@ class StoreSink:
             self._take_ready()
 
     def _record(self, outbox: Outbox, inc: Mapping[str, Any], change: str, now: float) -> None:
+        from watcher.store import Occurrence
+
         if change == "load":
             self._record_load(outbox.store, inc, now)
             return
@@ -309,6 +328,8 @@ class StoreSink:
             self.worker.wake()
 
     def _record_load(self, store: Store, rec: Mapping[str, Any], now: float) -> None:
+        from watcher.loads import LoadBook
+
         if self._book is None:
             self._book = LoadBook(store.conn)
         with store.transaction():
@@ -341,6 +362,9 @@ class StoreSink:
 
     def _say_queued(self) -> None:
         """Nobody is left to retry what is still queued: say how much, and how to send it."""
+        from watcher.notify.outbox import Outbox
+        from watcher.store import Store
+
         assert self.worker is not None
         try:
             store = Store.open(self.db_path)
@@ -391,6 +415,8 @@ def ledger_settings(conf: cfg.Config) -> LedgerSettings:
 
 def settings_from(args: argparse.Namespace, conf: cfg.Config) -> Settings:
     """Repeat interval and backoff from flags and the config file."""
+    from watcher.notify.worker import Settings
+
     repeat = getattr(args, "repeat", None)
     return Settings(
         repeat=float(repeat if repeat is not None else conf.get("notify", "repeat", DEFAULT_REPEAT)),
@@ -436,6 +462,8 @@ def _check_understood(flags: list[str], env: Environment, conf: cfg.Config) -> N
 
 def db_path(args: argparse.Namespace, env: Environment) -> Path:
     """The shared database, honouring ``--state-dir`` and ``$SPECWATCH_STATE_DIR``."""
+    from watcher import paths
+
     return paths.db_path(env.environ, getattr(args, "state_dir", None))
 
 
@@ -465,6 +493,8 @@ def build(args: argparse.Namespace, env: Environment, conf: cfg.Config) -> Store
     command = getattr(args, "command", None)
     if command == "scan" and not getattr(args, "notify", None):
         return None
+    from watcher import db  # the store (and sqlite3) load only for a command that records
+
     eager = command in REREADABLE
     try:
         path = db_path(args, env)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher import db
-from watcher.notify import message, plugins
+from watcher.notify import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_REPEAT, message, plugins
 from watcher.notify.contract import CURRENT, Delivery
 from watcher.notify.notes import Notes
 from watcher.notify.outbox import ACKNOWLEDGED_FIRST, Outbox, Row, owner_id
@@ -33,9 +33,6 @@ from watcher.notify.redact import Redactor
 from watcher.notify.targets import Target
 from watcher.store import Store
 
-DEFAULT_REPEAT = 3600.0
-DEFAULT_BACKOFF = 10.0
-DEFAULT_BACKOFF_MAX = 300.0
 #: Longer than apprise's own connect + read timeouts, so a slow but live sender keeps its rows.
 DEFAULT_LEASE = 120.0
 #: Rows that become due within this window of each other go out as one message.
