@@ -6,29 +6,15 @@ import io
 import os
 import sys
 import threading
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.conftest import SEED, wait_for
 from tests.notify.conftest import Receiver
+from tests.test_metrics import Samples, _scrape
 from watcher import cli
 from watcher.commands import watch
 from watcher.environment import Environment
-
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
-def _scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out: Samples = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 def _endpoint(stderr: io.StringIO) -> str:

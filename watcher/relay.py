@@ -60,10 +60,7 @@ class Relay:
         no ``channel`` group), or None when ``text`` is not wrapped by this relay."""
         if not any(a in text for a in self.anchors):
             return None
-        try:
-            m = timed.search(self.regex, text, 0.05)
-        except TimeoutError:
-            return None
+        m = timed.match_or_none(self.regex, text)
         if m is None:
             return None
         inner = m.group("inner")
