@@ -5,6 +5,7 @@ from the build. Lines are real llama.cpp wordings (samples/, llama.cpp's format 
 from __future__ import annotations
 
 from tests.conftest import wait_for
+from tests.test_state import FIT_DONE, FIT_START, MODEL_LOADED, feed
 from watcher.catalogue import Catalogue
 from watcher.incidents import Incident
 from watcher.pipe import SideAnalysis
@@ -20,21 +21,9 @@ LOAD_DRAFT = "srv    load_model: loading draft model '/models/Qwen3-0.6B-Q8_0.gg
 SLOTS = "srv    load_model: initializing slots, n_slots = 4"
 NEW_SLOT = "slot   load_model: id  0 | task -1 | new slot, n_ctx = 4096"
 SPEC_NOT_INIT = "slot   load_model: id  0 | task -1 | speculative decoding context not initialized"
-MODEL_LOADED = "srv  llama_server: model loaded"
 TIMING = ("slot print_timing: id  0 | task 0 | prompt eval time =    3948.41 ms /    13 tokens (  303.72 ms per "
           "token,     3.29 tokens per second)")
 RETRY = "sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism"
-FIT_START = ("common_init_result: fitting params to device memory, for bugs during this step try to reproduce them "
-             "with -fit off, or provide --verbose logs if the bug only occurs with -fit on")
-FIT_DONE = "common_fit_params: successfully fit params to free device memory"
-
-
-def feed(cat: Catalogue, *lines: str) -> Analyzer:
-    """Analyse these lines as one log, to its end."""
-    a = Analyzer(cat, source="t.log")
-    a.feed(("\n".join(lines) + "\n").encode())
-    a.finish()
-    return a
 
 
 def open_incidents(a: Analyzer) -> list[Incident]:
