@@ -115,18 +115,13 @@ class Checkpoints:
                  c.offset, c.lines, c.cursor, stamp, c.runs) for c in checkpoints]
         if not rows:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with db.immediate(self.conn):
             self.conn.executemany(
                 "INSERT INTO checkpoints (stream, dev, ino, head_len, head_hash, offset, lines, cursor, updated, runs) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
                 "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
                 "offset = excluded.offset, lines = excluded.lines, cursor = excluded.cursor, "
                 "updated = excluded.updated, runs = excluded.runs", rows)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def file_start(self, stream: str) -> tuple[Identity, int] | None:
         """The newest file of ``stream`` read from its start, and the line count its numbering began after."""
@@ -144,17 +139,12 @@ class Checkpoints:
             return
         self.conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with db.immediate(self.conn):
                 self.conn.executemany(
                     "INSERT INTO file_starts (stream, dev, ino, head_len, head_hash, lines, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET dev = excluded.dev, "
                     "ino = excluded.ino, head_len = excluded.head_len, head_hash = excluded.head_hash, "
                     "lines = excluded.lines, updated = excluded.updated", rows)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
         finally:
             self.conn.execute(f"PRAGMA busy_timeout={int(db.BUSY_TIMEOUT * 1000)}")
 

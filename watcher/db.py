@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -118,6 +118,21 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
         rollback(conn)
         raise
     return len(migrations)
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: ``BEGIN IMMEDIATE`` (concurrent writers wait for each other instead of failing
+    mid-way), committed at the end, rolled back on any error without hiding it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        # Inside the try: a COMMIT that fails (a full disk, a lock it could not upgrade) leaves the
+        # transaction open, and the connection must not stay in it.
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
 
 
 def rollback(conn: sqlite3.Connection) -> None:

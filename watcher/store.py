@@ -205,15 +205,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` so concurrent writers serialise instead of failing mid-way."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-            # Inside the try: a COMMIT that fails (a full disk, a lock it could not upgrade) leaves the
-            # transaction open, and the connection must not stay in it.
-            self.conn.execute("COMMIT")
-        except BaseException:
-            db.rollback(self.conn)
-            raise
+        with db.immediate(self.conn) as conn:
+            yield conn
 
     def record(self, inc: Mapping[str, Any], change: str, now: float,
                occurrence: Occurrence | None = None,

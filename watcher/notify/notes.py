@@ -57,16 +57,11 @@ class Notes:
         marks = ",".join("?" * len(incidents))
         try:
             # One transaction: two processes acknowledging at once do not both act on the same note.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with db.immediate(conn):
                 rows = conn.execute(f"SELECT DISTINCT note FROM plugin_notes WHERE target = ? "  # noqa: S608
                                     f"AND incident IN ({marks}) ORDER BY created", (self.target, *incidents)).fetchall()
                 conn.execute(f"DELETE FROM plugin_notes WHERE target = ? AND incident IN ({marks})",  # noqa: S608
                              (self.target, *incidents))
-                conn.execute("COMMIT")
-            except BaseException:
-                db.rollback(conn)  # a full disk has rolled back already: a ROLLBACK would hide its error
-                raise
         finally:
             conn.close()
         return [str(r[0]) for r in rows]

@@ -394,13 +394,10 @@ def _backlog_key(item: Mapping[str, Any], change: str) -> tuple[str, Any]:
 @contextlib.contextmanager
 def book_transaction(book: LoadBook) -> Iterator[None]:
     """One short write transaction (``BEGIN IMMEDIATE``: concurrent writers wait, they do not fail)."""
-    book.conn.execute("BEGIN IMMEDIATE")
-    try:
+    from watcher import db  # lazily, like the store: sqlite3 loads only for a command that records
+
+    with db.immediate(book.conn):
         yield
-    except BaseException:
-        book.conn.execute("ROLLBACK")
-        raise
-    book.conn.execute("COMMIT")
 
 
 def ledger_settings(conf: cfg.Config) -> LedgerSettings:
